@@ -1,0 +1,28 @@
+# Two commands for a fresh machine: `make demo` and `make test` (README). Both create .venv first if it is missing.
+PY := .venv/bin/python
+
+.PHONY: venv demo test unit host lint ui clean
+
+venv:
+	bash tools/bootstrap.sh
+
+demo: venv
+	$(PY) tools/demo.py --out demo_out
+
+test: venv lint
+	$(PY) -m pytest tests -v -rA --durations=10
+
+unit: venv
+	$(PY) -m pytest tests/unit -q
+
+host: venv
+	$(PY) -m pytest tests/host -v
+
+lint: venv
+	$(PY) -m ruff check .
+
+ui: venv
+	$(PY) tools/comfy_host.py ui --port 8188
+
+clean:
+	rm -rf demo_out .cache

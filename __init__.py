@@ -1,0 +1,20 @@
+"""Error-Control Samplers: POLARIS, Noise Awareness Guidance, DiffIER and VRG for ComfyUI. Wiring only (DESIGN.md)."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .nodes import inversion
+from .nodes.registry import register_dropdowns
+
+WEB_DIRECTORY = "./web"
+NODE_MODULES = [inversion]
+
+register_dropdowns(NODE_MODULES)
+
+
+class ErrorControlExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [node for module in NODE_MODULES for node in module.NODES]
+
+
+async def comfy_entrypoint() -> ErrorControlExtension:
+    return ErrorControlExtension()

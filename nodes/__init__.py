@@ -1,0 +1,1 @@
+"""ComfyUI adapters of the pack: thin nodes over ``samplers/`` (see DESIGN.md)."""

@@ -1,0 +1,49 @@
+"""The host's sampling objects as the plain callables of ``samplers/``: denoisers, parametrisation, step callbacks."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import comfy.model_management
+import comfy.model_sampling
+from torch import Tensor
+
+from ..samplers.core import Denoiser
+
+
+def is_flow(model_sampling: object) -> bool:
+    """True for CONST (rectified-flow) models, whose state is ``(1-σ)·x0 + σ·ε``; EPS and V models sample in VE space."""
+    return isinstance(model_sampling, comfy.model_sampling.CONST)
+
+
+def sampler_model_sampling(model) -> object:
+    """The ``model_sampling`` of the model a k-diffusion-style sampler function receives from ComfyUI."""
+    return model.inner_model.model_patcher.get_model_object("model_sampling")
+
+
+def sampler_denoiser(model, extra_args: dict | None) -> Denoiser:
+    """``D(x, σ)`` from the wrapped model a sampler function receives (guidance, patches and masks already applied)."""
+    extra_args = extra_args or {}
+    return lambda x, sigma: model(x, sigma, **extra_args)
+
+
+def step_callback(callback: Callable[[dict], None] | None) -> Callable[[dict], None]:
+    """Forward k-diffusion's step dict to ComfyUI (progress bar, previews) and stop at once when the user interrupts."""
+
+    def on_step(step: dict) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if callback is not None:
+            callback(step)
+
+    return on_step
+
+
+def model_is_flow(model_patcher) -> bool:
+    """:func:`is_flow` for a MODEL input of a node."""
+    return is_flow(model_patcher.get_model_object("model_sampling"))
+
+
+def sigma_range(model_patcher) -> "tuple[Tensor, Tensor]":
+    """``(σ_min, σ_max)`` of a MODEL input."""
+    model_sampling = model_patcher.get_model_object("model_sampling")
+    return model_sampling.sigma_min, model_sampling.sigma_max

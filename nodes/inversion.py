@@ -1,0 +1,81 @@
+"""DDIM inversion, the baseline every inversion method is measured against, as a SAMPLER for SamplerCustomAdvanced.
+
+Recipe: VAE Encode → SamplerCustomAdvanced(DisableNoise, CFGGuider, **DDIM Inversion**, Inversion Sigmas.inversion_sigmas)
+→ noisy latent → SamplerCustomAdvanced(DisableNoise, CFGGuider, euler, Inversion Sigmas.sampling_sigmas) → reconstruction.
+"""
+
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..samplers.core import check_sigmas, inversion_sigmas
+from ..samplers.inversion import ddim
+from .host import is_flow, model_is_flow, sampler_denoiser, sampler_model_sampling, step_callback
+
+CATEGORY = "sampling/error_control/inversion"
+SAMPLER_NAME = "ddim_inversion"
+EVAL_AT = {
+    "current level (FlipSigmas + euler)": "current",
+    "next level (diffusers DDIMInverse)": "next",
+}
+
+
+def sample_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, eval_at: str = "next"):
+    """k-diffusion sampler function: deterministic DDIM inversion along ascending ``sigmas`` (samplers.inversion.ddim)."""
+    check_sigmas(sigmas, "DDIM Inversion (sampler ddim_inversion)", "sigmas", ascending=True)
+    flow = is_flow(sampler_model_sampling(model))
+    return ddim(sampler_denoiser(model, extra_args), x, sigmas, flow, eval_at, step_callback(callback))
+
+
+class DDIMInversionSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ErrorControlDDIMInversionSampler",
+            display_name="DDIM Inversion (sampler)",
+            category=CATEGORY,
+            description="Deterministic DDIM inversion: walks a clean latent up an ascending σ schedule to the noise that "
+                        "regenerates it. Use with DisableNoise and the inversion_sigmas of 'Inversion Sigmas' in "
+                        "SamplerCustomAdvanced; works for EPS, V-prediction and flow models.",
+            inputs=[io.Combo.Input(
+                "eval_at", options=list(EVAL_AT), default="next level (diffusers DDIMInverse)",
+                tooltip="Where the model is evaluated on each step up: at the current level (what FlipSigmas + euler "
+                        "does) or with the next level's label on the current latent (diffusers' DDIMInverse, used by "
+                        "most inversion papers).")],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, eval_at: str) -> io.NodeOutput:
+        if eval_at not in EVAL_AT:
+            raise ValueError(f"DDIM Inversion (sampler): input 'eval_at' must be one of {list(EVAL_AT)}, got {eval_at!r}.")
+        return io.NodeOutput(comfy.samplers.KSAMPLER(sample_ddim_inversion, {"eval_at": EVAL_AT[eval_at]}))
+
+
+class InversionSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ErrorControlInversionSigmas",
+            display_name="Inversion Sigmas",
+            category=CATEGORY,
+            description="From one descending schedule, the ascending levels to invert along and the matching descending "
+                        "levels to sample back with. Like FlipSigmas, but for flow models the top level stays below 1 "
+                        "(at σ = 1 ComfyUI would divide the latent by zero) and both passes use the same levels.",
+            inputs=[io.Model.Input("model"), io.Sigmas.Input("sigmas", tooltip="A scheduler's output, e.g. BasicScheduler.")],
+            outputs=[io.Sigmas.Output("inversion_sigmas", display_name="inversion_sigmas"),
+                     io.Sigmas.Output("sampling_sigmas", display_name="sampling_sigmas")],
+        )
+
+    @classmethod
+    def execute(cls, model, sigmas) -> io.NodeOutput:
+        check_sigmas(sigmas, "Inversion Sigmas", "sigmas")
+        upward = inversion_sigmas(sigmas, flow=model_is_flow(model))
+        downward = upward.flip(0).clone()
+        downward[-1] = sigmas[-1]
+        return io.NodeOutput(upward, downward)
+
+
+NODES = [DDIMInversionSampler, InversionSigmas]
+REGISTRATIONS = {"samplers": {SAMPLER_NAME: sample_ddim_inversion}}

@@ -1,0 +1,1 @@
+"""The math of the Error-Control Samplers pack: pure torch, no ComfyUI imports (see DESIGN.md)."""
