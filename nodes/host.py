@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import comfy.model_management
 import comfy.model_sampling
@@ -43,7 +43,7 @@ def model_is_flow(model_patcher) -> bool:
     return is_flow(model_patcher.get_model_object("model_sampling"))
 
 
-def sigma_range(model_patcher) -> "tuple[Tensor, Tensor]":
+def sigma_range(model_patcher) -> tuple[Tensor, Tensor]:
     """``(σ_min, σ_max)`` of a MODEL input."""
     model_sampling = model_patcher.get_model_object("model_sampling")
     return model_sampling.sigma_min, model_sampling.sigma_max

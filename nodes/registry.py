@@ -7,7 +7,7 @@ Names are appended *in place* and only once: ``comfy.samplers.SAMPLER_NAMES`` is
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import comfy.k_diffusion.sampling
 import comfy.samplers

@@ -12,7 +12,7 @@ Tensors keep their device and dtype; per-step scalars stay tensors.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -85,12 +85,12 @@ def guided(pair_denoiser: PairDenoiser, scale: Tensor | float) -> Denoiser:
     return denoiser
 
 
-def flow_to_ve(x: Tensor, s: Tensor) -> "tuple[Tensor, Tensor]":
+def flow_to_ve(x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     """Map a flow state at level ``s`` to VE: ``σ_ve = s/(1-s)``, ``x_ve = x/(1-s)`` (METHODS.md)."""
     return x / append_dims(1.0 - s, x.ndim), s / (1.0 - s)
 
 
-def ve_to_flow(x_ve: Tensor, sigma_ve: Tensor) -> "tuple[Tensor, Tensor]":
+def ve_to_flow(x_ve: Tensor, sigma_ve: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse of :func:`flow_to_ve`: ``s = σ/(1+σ)``, ``x = (1-s)·x_ve``."""
     s = sigma_ve / (1.0 + sigma_ve)
     return x_ve * append_dims(1.0 - s, x_ve.ndim), s

@@ -14,7 +14,8 @@ Two conventions for where the model is evaluated on an inversion step σ_k → �
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -67,7 +68,7 @@ def ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, flow: bool = False, eval
     return x
 
 
-def check_finite_steps(finite: "list[Tensor]", sigmas: Tensor, method: str) -> None:
+def check_finite_steps(finite: list[Tensor], sigmas: Tensor, method: str) -> None:
     """Raise a ``ValueError`` at the first step whose result was NaN or inf, naming the step and its σ."""
     if not finite or torch.stack(finite).all():
         return

