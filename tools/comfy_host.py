@@ -15,6 +15,7 @@ with ARGS), ``write-checkpoint PATH`` and ``print-sampler-names``.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import importlib.util
 import json
@@ -471,6 +472,31 @@ def failure(entry: dict) -> PromptFailed:
         if event == "execution_interrupted":
             return PromptFailed("interrupted", data)
     return PromptFailed(f"prompt failed without an error message: {entry['status']}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Example API graphs (tests, benchmarks)
+
+def txt2img(steps: int = 4, prefix: str = "txt2img", sampler_name: str = "euler") -> dict:
+    """Tiny checkpoint -> 2x CLIPTextEncode, EmptyLatentImage 64x64 -> KSampler -> VAEDecode -> SaveImage."""
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0],
+            "seed": 42, "steps": steps, "cfg": 5.0, "sampler_name": sampler_name, "scheduler": "normal", "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
+    }
+
+
+def with_input(graph: dict, node: str, **inputs) -> dict:
+    """A copy of an API graph with some inputs of one node changed."""
+    changed = copy.deepcopy(graph)
+    changed[node]["inputs"].update(inputs)
+    return changed
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tools.comfy_host import PromptFailed, ui_to_api
+from tools.comfy_host import PromptFailed, txt2img, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -60,19 +60,6 @@ def test_ddim_inversion_in_a_plain_ksampler_says_how_to_use_it(comfy):
     with pytest.raises(PromptFailed, match=r"DDIM Inversion.*'sigmas' must be strictly ascending"):
         comfy.run(graph)
     assert comfy.run(txt2img(sampler_name="euler"))  # the server keeps serving
-
-
-def txt2img(sampler_name: str) -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
-        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
-                                                   "latent_image": ["3", 0], "seed": 1, "steps": 3, "cfg": 1.0,
-                                                   "sampler_name": sampler_name, "scheduler": "normal",
-                                                   "denoise": 1.0}},
-        "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": f"ksampler_{sampler_name}"}},
-    }
 
 
 def round_trip_graph(steps: int, model_patch: dict | None, eval_at: str, prefix: str) -> dict:

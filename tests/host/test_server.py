@@ -1,7 +1,6 @@
 """The host itself: a real ComfyUI with the pack mounted serves, samples on the tiny checkpoint, converts UI-format
 workflows like the frontend does, and survives bad prompts. The pack's own nodes are tested in test_pack.py."""
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tools.comfy_host import LINK_KEYS, PromptFailed, PromptRejected, sampler_names, ui_to_api
+from tools.comfy_host import LINK_KEYS, PromptFailed, PromptRejected, sampler_names, txt2img, ui_to_api, with_input
 
 TINY = {"CheckpointLoaderSimple": {"ckpt_name": "tiny_sd15.safetensors"}}
 
@@ -23,27 +22,6 @@ def object_info(comfy):
 def builtin_names() -> dict:
     """KSampler's sampler and scheduler names in the same ComfyUI without the pack (read in a child process)."""
     return sampler_names()
-
-
-def txt2img(steps: int = 4, prefix: str = "txt2img") -> dict:
-    """Tiny checkpoint -> 2x CLIPTextEncode, EmptyLatentImage 64x64 -> KSampler -> VAEDecode -> SaveImage."""
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
-        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "sample": {"class_type": "KSampler", "inputs": {
-            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0],
-            "seed": 42, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
-    }
-
-
-def with_input(graph: dict, node: str, **inputs) -> dict:
-    changed = copy.deepcopy(graph)
-    changed[node]["inputs"].update(inputs)
-    return changed
 
 
 def test_the_server_answers_system_stats_on_the_cpu(comfy):
