@@ -16,12 +16,13 @@ from .host import is_flow, model_is_flow, sampler_denoiser, sampler_model_sampli
 CATEGORY = "sampling/error_control/inversion"
 SAMPLER_NAME = "ddim_inversion"
 EVAL_AT = {
+    "auto (next for EPS/V, current for flow)": "auto",
     "current level (FlipSigmas + euler)": "current",
     "next level (diffusers DDIMInverse)": "next",
 }
 
 
-def sample_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, eval_at: str = "next"):
+def sample_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, eval_at: str = "auto"):
     """k-diffusion sampler function: deterministic DDIM inversion along ascending ``sigmas`` (samplers.inversion.ddim)."""
     check_sigmas(sigmas, "DDIM Inversion (sampler ddim_inversion)", "sigmas", ascending=True)
     flow = is_flow(sampler_model_sampling(model))
@@ -39,10 +40,10 @@ class DDIMInversionSampler(io.ComfyNode):
                         "regenerates it. Use with DisableNoise and the inversion_sigmas of 'Inversion Sigmas' in "
                         "SamplerCustomAdvanced; works for EPS, V-prediction and flow models.",
             inputs=[io.Combo.Input(
-                "eval_at", options=list(EVAL_AT), default="next level (diffusers DDIMInverse)",
+                "eval_at", options=list(EVAL_AT), default="auto (next for EPS/V, current for flow)",
                 tooltip="Where the model is evaluated on each step up: at the current level (what FlipSigmas + euler "
                         "does) or with the next level's label on the current latent (diffusers' DDIMInverse, used by "
-                        "most inversion papers).")],
+                        "most inversion papers). auto picks what reconstructs best on the analytic testbed.")],
             outputs=[io.Sampler.Output()],
         )
 

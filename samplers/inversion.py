@@ -10,6 +10,8 @@ Two conventions for where the model is evaluated on an inversion step σ_k → �
 * ``"next"``: the network sees the current state under the next level's label, as diffusers' ``DDIMInverseScheduler``
   does: feed ``x_k·c(σ_k)/c(σ_{k+1})`` at σ_{k+1}, with ``c`` the network input scale (:func:`samplers.core.input_scale`),
   and take that ε̂ as the noise of x_k.
+* ``"auto"``: ``"next"`` for EPS/V, ``"current"`` for flow: the better of the two on the analytic testbed (exact
+  denoiser, cfg 1: reconstruction MSE at 10 steps 0.026 vs 0.052 for EPS, 0.030 vs 0.035 for flow; ``make demo``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from .core import Denoiser, ddim_step, denoised_from_eps, eps_from_denoised, input_scale
 
-EvalAt = Literal["current", "next"]
+EvalAt = Literal["auto", "current", "next"]
 StepCallback = Callable[[dict], None]
 
 
@@ -34,10 +36,12 @@ def _level(sigma: Tensor, x: Tensor) -> Tensor:
 def inversion_prediction(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, flow: bool,
                          eval_at: EvalAt = "current") -> Tensor:
     """The x̂0 an inversion step from ``sigma`` to ``sigma_next`` uses, under either evaluation convention (module doc)."""
+    if eval_at == "auto":
+        eval_at = "current" if flow else "next"
     if eval_at == "current":
         return denoiser(x, _level(sigma, x))
     if eval_at != "next":
-        raise ValueError(f"eval_at must be 'current' or 'next', got {eval_at!r}")
+        raise ValueError(f"eval_at must be 'auto', 'current' or 'next', got {eval_at!r}")
     feed = x * (input_scale(sigma, flow) / input_scale(sigma_next, flow))
     eps = eps_from_denoised(feed, denoiser(feed, _level(sigma_next, x)), _level(sigma_next, x), flow)
     return denoised_from_eps(x, eps, _level(sigma, x), flow)

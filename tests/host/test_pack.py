@@ -113,7 +113,7 @@ def test_inversion_round_trip_converges_with_steps_for_every_family(comfy, famil
     errors = {}
     for steps in (5, 40):
         prefix = f"roundtrip_{family}_{steps}"
-        history = comfy.run(round_trip_graph(steps, FAMILIES[family], "current level (FlipSigmas + euler)", prefix))
+        history = comfy.run(round_trip_graph(steps, FAMILIES[family], "auto (next for EPS/V, current for flow)", prefix))
         latents = saved_latents(comfy, history)
         x0, noise, x0_back = (latents[f"{prefix}_{part}"] for part in ("in", "noise", "out"))
         assert torch.isfinite(noise).all() and noise.std() > x0.std()  # it really went up to noise

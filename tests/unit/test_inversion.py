@@ -67,3 +67,11 @@ def test_a_non_finite_state_names_the_step_and_sigma():
     poisoned = lambda x, sigma: torch.where(sigma[:, None] < 0.05, torch.full_like(x, float("nan")), x * 0)  # noqa: E731
     with pytest.raises(ValueError, match=r"NaN/inf at step 4 \(σ 0\.03"):
         ddim(poisoned, torch.zeros(1, 16, dtype=torch.float64), sigmas)
+
+
+@pytest.mark.parametrize("flow, same_as", [(False, "next"), (True, "current")])
+def test_auto_picks_the_convention_of_each_family(mixture, flow, same_as):
+    x0 = mixture.sample(4, torch.Generator().manual_seed(6), cls=2)
+    denoiser = mixture.denoiser(cls=2, flow=flow)
+    torch.testing.assert_close(invert_and_reconstruct(denoiser, x0, 10, flow, "auto"),
+                               invert_and_reconstruct(denoiser, x0, 10, flow, same_as), rtol=0, atol=0)
