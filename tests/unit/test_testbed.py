@@ -71,3 +71,25 @@ def test_denoiser_limits_and_class_posterior(mixture):
     posterior = mixture.class_posterior(x0)
     torch.testing.assert_close(posterior.sum(-1), torch.ones(6, dtype=torch.float64))
     assert (posterior.argmax(-1) == 1).all()  # means 3 apart per unit of std: draws sit with their class
+
+
+def test_mlp_denoiser_is_imperfect_deterministic_and_cached(tmp_path):
+    from bench.testbeds.mlp import train_mlp_denoiser
+
+    mixture = gmm.make_mixture(dim=8, n_classes=2, components_per_class=2, seed=1)
+    net = train_mlp_denoiser(mixture, steps=300, seed=7, cache=tmp_path / "mlp.safetensors")
+    g = torch.Generator().manual_seed(8)
+    x0 = mixture.sample(4000, g, cls=0)
+    sigma = torch.full((4000,), 1.0, dtype=torch.float64)
+    x = x0 + sigma[:, None] * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    mse_net = ((net.denoiser(0)(x, sigma) - x0) ** 2).mean()
+    mse_exact = ((mixture.denoiser(0)(x, sigma) - x0) ** 2).mean()
+    # The exact posterior mean is the MSE optimum: any other denoiser is worse; a trained one beats predicting the mean.
+    assert mse_exact < mse_net < ((x0 - x0.mean(0)) ** 2).mean()
+    d_c, d_u = net.pair_denoiser(0)(x[:5], sigma[:5])
+    torch.testing.assert_close(d_c, net.denoiser(0)(x[:5], sigma[:5]))
+    torch.testing.assert_close(d_u, net.denoiser(None)(x[:5], sigma[:5]))
+    again = train_mlp_denoiser(mixture, steps=300, seed=7)
+    cached = train_mlp_denoiser(mixture, steps=300, seed=7, cache=tmp_path / "mlp.safetensors")
+    for other in (again, cached):
+        torch.testing.assert_close(other.denoiser(0)(x[:5], sigma[:5]), net.denoiser(0)(x[:5], sigma[:5]), rtol=0, atol=0)
