@@ -2,11 +2,11 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from .nodes import inversion
+from .nodes import inversion, vrg
 from .nodes.registry import register_dropdowns
 
 WEB_DIRECTORY = "./web"
-NODE_MODULES = [inversion]
+NODE_MODULES = [inversion, vrg]
 
 register_dropdowns(NODE_MODULES)
 

@@ -6,6 +6,9 @@ from collections.abc import Callable
 
 import comfy.model_management
 import comfy.model_sampling
+import comfy.sample
+import comfy.samplers
+import torch
 from torch import Tensor
 
 from ..samplers.core import Denoiser
@@ -47,3 +50,21 @@ def sigma_range(model_patcher) -> tuple[Tensor, Tensor]:
     """``(σ_min, σ_max)`` of a MODEL input."""
     model_sampling = model_patcher.get_model_object("model_sampling")
     return model_sampling.sigma_min, model_sampling.sigma_max
+
+
+def with_guided_denoiser(model_patcher, positive, negative, cfg: float, latent: Tensor, seed: int,
+                         work: Callable[[Denoiser, Tensor], None]) -> None:
+    """Run ``work(D, x0)`` inside ComfyUI's own sampling setup: the model loaded by the host's model management,
+    conditioning prepared, cfg and the model's patches applied; ``x0`` is ``latent`` in the model's latent space.
+
+    The measurement runs as the sampler of a zero-step-size schedule ``[0, 0]``, at which ComfyUI's noise scaling leaves
+    the latent as it is for every model family.
+    """
+    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        work(sampler_denoiser(model, extra_args), x)
+        return x
+
+    sampler = comfy.samplers.KSAMPLER(sampler_function)
+    zeros = torch.zeros_like(latent)
+    comfy.sample.sample_custom(model_patcher, zeros, cfg, sampler, torch.zeros(2), positive, negative, latent,
+                               disable_pbar=True, seed=seed)

@@ -142,7 +142,54 @@ def ddim_inversion_reconstruct(g: Graph) -> None:
           filename_prefix="ddim_inversion/reconstruction")
 
 
-WORKFLOWS = {"ddim_inversion_reconstruct": ddim_inversion_reconstruct}
+PROFILE = "vrg_profile"
+
+
+def prompts(g: Graph, ckpt: Node, text: str) -> tuple[Node, Node]:
+    positive = g.add("CLIPTextEncode", title="Prompt", text=text, clip=ckpt[1])
+    return positive, g.add("CLIPTextEncode", title="Negative prompt", text="blurry, low quality", clip=ckpt[1])
+
+
+def decode_and_save(g: Graph, ckpt: Node, samples: Out, prefix: str, title: str) -> None:
+    g.add("SaveImage", title=title, images=g.add("VAEDecode", samples=samples, vae=ckpt[2])[0], filename_prefix=prefix)
+
+
+def vrg_calibrate_and_sample(g: Graph) -> None:
+    """Calibrate VRG on encoded images, then the same KSampler with the 'normal' and the 'vrg' schedule side by side."""
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    image = g.add("LoadImage", image=EXAMPLE_IMAGE)
+    clean = g.add("RepeatLatentBatch", title="Clean latents (use 4–16 of your own images)",
+                  samples=g.add("VAEEncode", pixels=image[0], vae=ckpt[2])[0], amount=4)
+    empty_prompt = g.add("CLIPTextEncode", title="Empty prompt (calibration)", text="", clip=ckpt[1])
+    calibrate = g.add("ErrorControlVRGCalibrate", model=ckpt[0], latent=clean[0], positive=empty_prompt[0],
+                      grid_points=32, profile_name=PROFILE)
+    g.add("PreviewImage", title="Error profile", images=calibrate[2])
+    positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
+    latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    for scheduler, model in (("normal", ckpt[0]), ("vrg", calibrate[0])):
+        sampled = g.add("KSampler", title=f"KSampler ({scheduler})", model=model, positive=positive[0],
+                        negative=negative[0], latent_image=latent[0], seed=7, steps=20, cfg=7.0,
+                        sampler_name="euler", scheduler=scheduler)
+        decode_and_save(g, ckpt, sampled[0], f"vrg/{scheduler}", f"Sampled with '{scheduler}'")
+
+
+def vrg_saved_profile(g: Graph) -> None:
+    """A saved profile → VRG Scheduler → SamplerCustomAdvanced, with the base vs VRG σ plot."""
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    loaded = g.add("ErrorControlVRGLoadProfile", model=ckpt[0], profile_name=f"{PROFILE}.safetensors")
+    schedule = g.add("ErrorControlVRGScheduler", model=ckpt[0], profile=loaded[1], scheduler="normal", steps=20)
+    g.add("PreviewImage", title="Base vs VRG σ", images=schedule[1])
+    positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
+    guider = g.add("CFGGuider", model=ckpt[0], positive=positive[0], negative=negative[0], cfg=7.0)
+    sampled = g.add("SamplerCustomAdvanced", noise=g.add("RandomNoise", noise_seed=7)[0], guider=guider[0],
+                    sampler=g.add("KSamplerSelect", sampler_name="euler")[0], sigmas=schedule[0],
+                    latent_image=g.add("EmptyLatentImage", width=512, height=512, batch_size=1)[0])
+    decode_and_save(g, ckpt, sampled[0], "vrg/saved_profile", "Sampled on the VRG schedule")
+
+
+WORKFLOWS = {"ddim_inversion_reconstruct": ddim_inversion_reconstruct,
+             "vrg_calibrate_and_sample": vrg_calibrate_and_sample,
+             "vrg_saved_profile": vrg_saved_profile}
 
 
 def main() -> None:

@@ -11,8 +11,11 @@ from tools.comfy_host import PromptFailed, txt2img, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-PACK_NODES = {"ErrorControlDDIMInversionSampler", "ErrorControlInversionSigmas"}
-TINY = {"CheckpointLoaderSimple": {"ckpt_name": "tiny_sd15.safetensors"}}
+PACK_NODES = {"ErrorControlDDIMInversionSampler", "ErrorControlInversionSigmas", "ErrorControlVRGCalibrate",
+              "ErrorControlVRGLoadProfile", "ErrorControlVRGScheduler", "ErrorControlVRGOptimizeSigmas"}
+# The examples name a common checkpoint and 512 px; the test server has the tiny one, and 64 px is enough to run.
+TINY = {"CheckpointLoaderSimple": {"ckpt_name": "tiny_sd15.safetensors"},
+        "EmptyLatentImage": {"width": 64, "height": 64}}
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,58 @@
 """VRG (samplers.vrg): CPE identities, the trust-region optimiser, the measured profile and its file, EPS and flow."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
-from bench.inversion import schedule as karras_or_uniform
 from samplers import core, vrg
+
+FLOWS = [False, True]
 
 
 def realistic_profile(flow: bool) -> vrg.ErrorProfile:
-    """ε error large at small σ and small at large σ, as measured on real models (paper Fig. 2)."""
+    """ε error large at small σ and small at large σ, as measured on real models (paper Fig. 2).
+
+    The optimal denoiser's error for data of variance 0.5 per dim, plus a model error that dominates at small σ; mse_x0
+    saturates near the data variance at high noise, as a real model's does.
+    """
     grid = vrg.default_sigma_grid(0.005, 0.999 if flow else 20.0, 64)
     sigma_ve = core.ve_sigma(grid, flow)
-    return vrg.ErrorProfile(grid, (0.05 + 0.5 / (1 + sigma_ve / 0.1)) * sigma_ve**2, flow)
+    return vrg.ErrorProfile(grid, (0.5 / (0.5 + sigma_ve**2) + 0.3 / (1 + (sigma_ve / 0.1) ** 2)) * sigma_ve**2, flow)
+
+
+def flat_profile(flow: bool) -> vrg.ErrorProfile:
+    """Constant mse_eps = 0.1."""
+    grid = vrg.default_sigma_grid(0.005, 0.999, 32, flow=True) if flow else vrg.default_sigma_grid(0.01, 20.0, 32)
+    return vrg.ErrorProfile(grid, 0.1 * core.ve_sigma(grid, flow) ** 2, flow)
+
+
+def karras_or_uniform(steps: int, flow: bool) -> torch.Tensor:
+    """Karras (σ 14.6 → 0.03, ρ 7) for EPS, uniform from s = 1 for flow; ending in 0."""
+    if flow:
+        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = (14.6 ** (1 / 7) + ramp * (0.03 ** (1 / 7) - 14.6 ** (1 / 7))) ** 7
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def normal_schedule(steps: int) -> torch.Tensor:
+    """ComfyUI's "normal" scheduler on SD1.5's discrete levels (scaled-linear β): uniform in timestep, log-σ interpolated."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    bars = torch.cumprod(1 - betas, 0)
+    log_sigma = ((1 - bars) / bars).sqrt().log()
+    t = torch.linspace(999, 0, steps, dtype=torch.float64)
+    low = t.floor().long()
+    w = t - low
+    sigmas = ((1 - w) * log_sigma[low] + w * log_sigma[(low + 1).clamp(max=999)]).exp()
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def shifted_flow_schedule(steps: int, shift: float = 3.0) -> torch.Tensor:
+    """SD3/Flux-style: uniform t, s = shift·t/(1 + (shift-1)·t), from s = 1 to 0."""
+    t = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    return shift * t / (1 + (shift - 1) * t)
 
 
 def random_schedule(steps: int, flow: bool, seed: int) -> torch.Tensor:
@@ -32,14 +73,66 @@ def alpha_bar_form(sigmas: torch.Tensor, profile: vrg.ErrorProfile) -> torch.Ten
     return total
 
 
-@pytest.mark.parametrize("flow", [False, True])
+def ratios(sigmas: torch.Tensor, flow: bool) -> torch.Tensor:
+    """a_i = ᾱ_i/ᾱ_{i-1}, clean → noisy, ᾱ_{-1} that of the final level."""
+    bars = core.alpha_bar(sigmas.flip(0), flow)
+    return bars[1:] / bars[:-1]
+
+
+def loss(sigmas: torch.Tensor, base: torch.Tensor, profile: vrg.ErrorProfile, anchor_weight: float = 100.0) -> float:
+    """VRG's loss (METHODS.md): CPE + λ·(ᾱ_noisiest - ᾱ_noisiest_base)²."""
+    miss = core.alpha_bar(sigmas[0], profile.flow) - core.alpha_bar(base[0], profile.flow)
+    return float(vrg.cumulative_error(sigmas, profile) + anchor_weight * miss**2)
+
+
+# --- the objective ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flow", FLOWS)
 @pytest.mark.parametrize("seed", range(5))
 def test_cpe_sigma_form_equals_the_alpha_bar_form(flow, seed):
     sigmas, profile = random_schedule(12, flow, seed), realistic_profile(flow)
     torch.testing.assert_close(vrg.cumulative_error(sigmas, profile), alpha_bar_form(sigmas, profile), rtol=1e-10, atol=0)
 
 
-@pytest.mark.parametrize("flow", [False, True])
+def test_cpe_of_a_flow_schedule_from_s_1_adds_the_constant_top_term():
+    # At s = 1 (σ_ve = ∞, ᾱ = 0) the ᾱ form is 0/0; its limit (1 - σ_prev/∞)²·mse_x0(1) = mse_x0(1) stays finite.
+    sigmas, profile = shifted_flow_schedule(10), realistic_profile(True)
+    expected = profile.mse_x0(torch.tensor(1.0)) + alpha_bar_form(sigmas[1:], profile)
+    torch.testing.assert_close(vrg.cumulative_error(sigmas, profile), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_cpe_of_a_split_schedule_is_the_sum_of_its_parts(flow):
+    # The final level of a partial schedule is where the run lands (σ_{-1}), not a model call.
+    sigmas, profile = random_schedule(15, flow, 7), realistic_profile(flow)
+    parts = vrg.cumulative_error(sigmas[:7], profile) + vrg.cumulative_error(sigmas[6:], profile)
+    torch.testing.assert_close(vrg.cumulative_error(sigmas, profile), parts, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+@pytest.mark.parametrize("fix_sigma_max", [True, False])
+def test_objective_gradient_matches_central_differences(flow, fix_sigma_max):
+    # h = 1e-6: truncation O(h²) and rounding O(1e-16·loss/h) ≈ 1e-10·loss, both far below the 1e-6·max|g| allowed.
+    sigmas = shifted_flow_schedule(12) if flow else karras_or_uniform(12, False)
+    if not fix_sigma_max:
+        sigmas = sigmas[1:]  # a flow top below s = 1, so that it can move
+    base, table = vrg._base(sigmas, flow, 0.01, fix_sigma_max), realistic_profile(flow)._table()
+    f = np.random.default_rng(0).normal(0, 0.7, base.u.shape)
+    _, grad, c, _ = vrg._objective(f, base, table, 100.0, flow, 0.0)
+    h, numeric = 1e-6, np.zeros_like(f)
+    for i in range(len(f)):
+        e = np.zeros_like(f)
+        e[i] = h
+        numeric[i] = (vrg._objective(f + e, base, table, 100.0, flow, c)[0]
+                      - vrg._objective(f - e, base, table, 100.0, flow, c)[0]) / (2 * h)
+    assert np.abs(grad - numeric).max() <= 1e-6 * np.abs(numeric).max()
+
+
+# --- the optimiser ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flow", FLOWS)
 @pytest.mark.parametrize("steps", [10, 20])
 def test_optimised_schedule_is_valid_and_lowers_the_loss(flow, steps):
     base, profile = karras_or_uniform(steps, flow), realistic_profile(flow)
@@ -52,35 +145,85 @@ def test_optimised_schedule_is_valid_and_lowers_the_loss(flow, steps):
     torch.testing.assert_close(vrg.optimize_sigmas(base, profile), out, rtol=0, atol=0)  # deterministic
 
 
-def test_flat_profile_stays_inside_the_trust_region():
-    base = karras_or_uniform(20, False)
-    grid = vrg.default_sigma_grid(0.01, 20.0, 32)
-    flat = vrg.ErrorProfile(grid, 0.1 * grid**2)  # constant mse_eps
-    lp = 0.01
-    out = vrg.optimize_sigmas(base, flat, lp=lp)
-    def ratios(sigmas):  # a_i = ᾱ_i/ᾱ_{i-1}, clean → noisy, ᾱ = 1 below the first level
-        bars = core.alpha_bar(sigmas[:-1].flip(0))
-        return bars / torch.cat([torch.ones(1, dtype=bars.dtype), bars[:-1]])
+@pytest.mark.parametrize("name", ["karras", "normal", "flow from s=1"])
+@pytest.mark.parametrize("fix_sigma_max", [True, False])
+def test_optimiser_lowers_the_loss_inside_the_trust_region(name, fix_sigma_max):
+    flow = name.startswith("flow")
+    base = {"karras": karras_or_uniform(20, False), "normal": normal_schedule(20),
+            "flow from s=1": shifted_flow_schedule(20)}[name]
+    profile, lp = realistic_profile(flow), 0.01
+    out = vrg.optimize_sigmas(base, profile, lp=lp, fix_sigma_max=fix_sigma_max, flow=flow)
+    assert out.shape == base.shape and (out.diff() < 0).all() and out[-1] == base[-1]
+    assert (out[0] == base[0]) == (fix_sigma_max or flow)  # an eps top moves once free; s = 1 never does
+    assert loss(out, base, profile) < loss(base, base, profile)
+    assert ((ratios(out, flow) - ratios(base, flow)).abs() <= lp * (1 + 1e-9)).all()
 
-    assert ((ratios(out) - ratios(base)).abs() <= lp + 1e-12).all()
-    assert vrg.cumulative_error(out, flat) <= vrg.cumulative_error(base, flat)
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_flat_profile_stays_inside_the_trust_region(flow):
+    base, profile, lp = (shifted_flow_schedule(20) if flow else karras_or_uniform(20, False)), flat_profile(flow), 0.01
+    out = vrg.optimize_sigmas(base, profile, lp=lp)
+    assert ((ratios(out, flow) - ratios(base, flow)).abs() <= lp * (1 + 1e-9)).all()
+    assert vrg.cumulative_error(out, profile) <= vrg.cumulative_error(base, profile)
 
 
-def test_partial_schedule_keeps_its_final_level():
-    base = karras_or_uniform(20, False)[:12]  # denoise < 1: ends above 0
+def test_partial_schedule_keeps_both_ends():
+    base = karras_or_uniform(20, False)[:12]  # the first part of a SplitSigmas: ends above 0
     out = vrg.optimize_sigmas(base, realistic_profile(False))
-    assert out[-1] == base[-1] and (out.diff() < 0).all()
+    assert out[-1] == base[-1] and out[0] == base[0] and (out.diff() < 0).all()
+    assert vrg.cumulative_error(out, realistic_profile(False)) < vrg.cumulative_error(base, realistic_profile(False))
+
+
+def test_float32_schedule_keeps_its_dtype_ends_and_order():
+    base = karras_or_uniform(30, False).float()
+    out = vrg.optimize_sigmas(base, realistic_profile(False))
+    assert out.dtype == torch.float32 and out[0] == base[0] and out[-1] == 0 and (out.diff() < 0).all()
+
+
+def test_nothing_to_move_gives_back_the_input():
+    profile = realistic_profile(False)
+    base = karras_or_uniform(10, False)
+    assert torch.equal(vrg.optimize_sigmas(base, profile, lp=0.0), base)
+    one_step = torch.tensor([14.6, 0.0], dtype=torch.float64)  # its only ratio is pinned by the fixed top
+    assert torch.equal(vrg.optimize_sigmas(one_step, profile), one_step)
+
+
+def test_bad_inputs_are_clear_errors():
+    eps_profile, base = realistic_profile(False), karras_or_uniform(10, False)
+    with pytest.raises(ValueError, match="profile made for eps/v model"):
+        vrg.optimize_sigmas(shifted_flow_schedule(10), eps_profile, flow=True)
+    with pytest.raises(ValueError, match="profile made for flow"):
+        vrg.cumulative_error(base, realistic_profile(True), flow=False)
+    with pytest.raises(ValueError, match="optimize_sigmas.*strictly descending"):
+        vrg.optimize_sigmas(base.flip(0), eps_profile)
+    with pytest.raises(ValueError, match="lp"):
+        vrg.optimize_sigmas(base, eps_profile, lp=-0.1)
+
+
+# --- the profile ------------------------------------------------------------------------------------------------------
 
 
 def test_profile_interpolates_in_log_space_and_clamps():
     grid = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
     profile = vrg.ErrorProfile(grid, torch.tensor([1e-4, 1e-2, 1.0], dtype=torch.float64))
-    torch.testing.assert_close(profile.mse_x0(grid), profile.mse)
+    assert torch.equal(profile.mse_x0(grid), profile.mse)  # bit-exact at the grid points
     torch.testing.assert_close(profile.mse_x0(torch.tensor([10**0.5])), torch.tensor([1e-1], dtype=torch.float64))
     torch.testing.assert_close(profile.mse_x0(torch.tensor([1e-3, 1e3])), torch.tensor([1e-4, 1.0], dtype=torch.float64))
+    levels = torch.tensor([[0.0, 0.1], [0.3, 50.0]], dtype=torch.float64)  # any shape; 0 clamps to the bottom
+    torch.testing.assert_close(profile.mse_x0(levels), torch.tensor([[1e-4, 1e-4], [1e-4 * 3**2, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(profile.mse_eps(grid), profile.mse / grid**2)
 
 
-@pytest.mark.parametrize("flow", [False, True])
+def test_flow_profile_reaches_s_1_and_its_eps_error_is_the_ve_one():
+    grid = vrg.default_sigma_grid(0.01, 1.0, 16, flow=True)
+    profile = vrg.ErrorProfile(grid, torch.linspace(1e-4, 0.5, 16, dtype=torch.float64), flow=True)
+    assert profile.mse_x0(torch.tensor(1.0)) == 0.5 and profile.mse_eps(torch.tensor(1.0)) == 0
+    torch.testing.assert_close(profile.mse_eps(grid[:-1]), profile.mse[:-1] / core.ve_sigma(grid[:-1], True) ** 2)
+    with pytest.raises(ValueError, match="flow levels s lie in"):
+        vrg.default_sigma_grid(0.01, 2.0, flow=True)
+
+
+@pytest.mark.parametrize("flow", FLOWS)
 def test_measured_profile_recovers_a_known_error(flow):
     # A denoiser that returns the truth plus independent noise of known variance v(σ) has mse_x0(σ) = v(σ).
     g = torch.Generator().manual_seed(0)
@@ -90,17 +233,28 @@ def test_measured_profile_recovers_a_known_error(flow):
 
     def denoiser(x, sigma):
         eps = torch.randn(x.shape, generator=errors, dtype=x.dtype)
-        return truth + variance(sigma).sqrt()[:, None, None, None] * eps
+        return x0[: len(x)] + variance(sigma).sqrt()[:, None, None, None] * eps
 
     grid = vrg.default_sigma_grid(0.05, 0.95 if flow else 10.0, 8)
     seen = []
-    truth = x0
     profile = vrg.measure_error_profile(denoiser, x0, grid, torch.Generator().manual_seed(2), flow=flow,
                                         callback=lambda i, n: seen.append((i, n)))
-    expected = variance(grid)
     # mean of 16384 squared N(0, v) draws: relative standard error √(2/16384) ≈ 1.1%; allow 5 of them.
-    assert ((profile.mse / expected - 1).abs() < 5 * (2 / x0.numel()) ** 0.5).all()
-    assert seen == [(i, 8) for i in range(8)] and profile.flow == flow
+    assert ((profile.mse / variance(grid) - 1).abs() < 5 * (2 / x0.numel()) ** 0.5).all()
+    assert seen == [(i, 8) for i in range(1, 9)] and profile.flow == flow
+    assert (profile.batch_size, profile.seed, profile.latent_shape) == (256, 2, (4, 8, 8))
+
+
+def test_measurement_reuses_one_noise_bank_across_levels():
+    # D(x, σ) = x misses x0 by exactly σ·ε, so mse_x0/σ² = mean(ε²) is the same number at every level only if the
+    # same ε serves them all (fresh noise would scatter it by √(2/n) ≈ 3 %). Chunking must not change the result.
+    x0 = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    grid = vrg.default_sigma_grid(0.1, 10.0, 5)
+    whole = vrg.measure_error_profile(lambda x, s: x, x0, grid, torch.Generator().manual_seed(3))
+    chunked = vrg.measure_error_profile(lambda x, s: x, x0, grid, torch.Generator().manual_seed(3), batch_size=3)
+    per_sigma2 = whole.mse / grid**2
+    torch.testing.assert_close(per_sigma2, per_sigma2[0].expand(5), rtol=1e-6, atol=0)  # float32 states
+    torch.testing.assert_close(chunked.mse, whole.mse, rtol=1e-12, atol=0)
 
 
 def test_measuring_an_empty_batch_is_a_clear_error():
@@ -108,23 +262,60 @@ def test_measuring_an_empty_batch_is_a_clear_error():
         vrg.measure_error_profile(lambda x, s: x, torch.zeros(0, 4), vrg.default_sigma_grid(0.1, 1, 4), torch.Generator())
 
 
+def test_a_perfect_or_broken_denoiser_is_refused():
+    x0, grid = torch.randn(2, 4), vrg.default_sigma_grid(0.1, 1.0, 4)
+    with pytest.raises(ValueError, match="finite and > 0"):
+        vrg.measure_error_profile(lambda x, s: x0, x0, grid, torch.Generator())
+
+
+# --- the file ---------------------------------------------------------------------------------------------------------
+
+
 def test_profile_file_round_trips_bit_exactly(tmp_path):
-    profile = realistic_profile(True)
-    profile.metadata = {"model": "abc", "seed": 3}
+    profile = dataclasses.replace(realistic_profile(True), model="flux sampling:1234", batch_size=8, seed=3,
+                                  conditioning="empty prompt, cfg 1", latent_shape=(16, 64, 64), pack_version="0.1.0")
     profile.save(tmp_path / "p.safetensors")
     loaded = vrg.ErrorProfile.load(tmp_path / "p.safetensors")
     assert torch.equal(loaded.sigmas, profile.sigmas) and torch.equal(loaded.mse, profile.mse)
-    assert loaded.flow and loaded.metadata == {"model": "abc", "seed": 3}
+    for name in ("flow", "model", "batch_size", "seed", "conditioning", "latent_shape", "pack_version"):
+        assert getattr(loaded, name) == getattr(profile, name), name
     assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temp file left behind
 
 
-@pytest.mark.parametrize("content", [b"", b"\x80\x04\x95 pickled", b"{not safetensors", None])
+def test_a_failed_save_leaves_no_file(tmp_path):
+    profile = dataclasses.replace(realistic_profile(False), model=object())  # not JSON
+    with pytest.raises(TypeError):
+        profile.save(tmp_path / "p.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _write_profile_like(path, tensors, profile_json, version=vrg.PROFILE_FORMAT_VERSION):
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": vrg.PROFILE_FORMAT, "format_version": version, "profile": profile_json})
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04\x95 pickled", b"{not safetensors", "torch.save", None,
+                                     "bad json", "missing field", "nan", "version"])
 def test_foreign_or_corrupt_files_are_refused(tmp_path, content):
     path = tmp_path / "bad.safetensors"
+    grid = torch.tensor([0.1, 1.0], dtype=torch.float64)
+    good = ('{"flow": false, "model": "", "batch_size": 1, "seed": 0, "conditioning": "", "latent_shape": [4], '
+            '"pack_version": ""}')
     if content is None:  # a valid safetensors file of something else
         from safetensors.torch import save_file
 
         save_file({"weights": torch.zeros(3)}, str(path))
+    elif content == "torch.save":  # a real pickle: must be refused without being unpickled
+        torch.save({"sigmas": grid}, path)
+    elif content == "bad json":
+        _write_profile_like(path, {"sigmas": grid, "mse_x0": grid.clone()}, "{flow: no")
+    elif content == "missing field":
+        _write_profile_like(path, {"sigmas": grid, "mse_x0": grid.clone()}, '{"flow": false}')
+    elif content == "nan":
+        _write_profile_like(path, {"sigmas": grid, "mse_x0": torch.tensor([0.1, float("nan")])}, good)
+    elif content == "version":
+        _write_profile_like(path, {"sigmas": grid, "mse_x0": grid.clone()}, good, version="99")
     else:
         path.write_bytes(content)
     with pytest.raises(ValueError, match="bad.safetensors"):

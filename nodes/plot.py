@@ -1,0 +1,51 @@
+"""Small line plots as IMAGE outputs (Pillow only: ComfyUI ships it, matplotlib it does not)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+
+
+def line_plot(series: dict, title: str, x_label: str, y_label: str, log_y: bool = True,
+              size: tuple[int, int] = (640, 400)) -> torch.Tensor:
+    """``series`` maps a label to ``(x, y)`` sequences; returns a ComfyUI IMAGE ``[1, H, W, 3]`` in [0, 1]."""
+    width, height = size
+    left, right, top, bottom = 70, 20, 34, 46
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    scale_y = (lambda v: math.log10(max(v, 1e-30))) if log_y else float
+    points = {label: [(float(x), scale_y(float(y))) for x, y in zip(xs, ys) if math.isfinite(float(y))]
+              for label, (xs, ys) in series.items()}
+    everything = [p for pts in points.values() for p in pts] or [(0.0, 0.0), (1.0, 1.0)]
+    x_min, x_max = min(p[0] for p in everything), max(p[0] for p in everything)
+    y_min, y_max = min(p[1] for p in everything), max(p[1] for p in everything)
+    x_span, y_span = (x_max - x_min) or 1.0, (y_max - y_min) or 1.0
+
+    def to_pixel(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x_min) / x_span * (width - left - right),
+                height - bottom - (y - y_min) / y_span * (height - top - bottom))
+
+    draw.rectangle([left, top, width - right, height - bottom], outline=(90, 90, 90))
+    for i, (label, pts) in enumerate(points.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        draw.line([to_pixel(*p) for p in pts], fill=colour, width=2)
+        for p in pts:
+            x, y = to_pixel(*p)
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+        draw.text((left + 8, top + 6 + 14 * i), label, fill=colour)
+    draw.text((left, 10), title, fill=(0, 0, 0))
+    draw.text((width // 2 - 40, height - 20), x_label, fill=(0, 0, 0))
+    draw.text((4, top - 14), y_label + (" (log10)" if log_y else ""), fill=(0, 0, 0))
+    for frac in (0.0, 0.5, 1.0):
+        y_value = y_min + frac * y_span
+        _, y = to_pixel(x_min, y_value)
+        draw.text((4, y - 6), f"{y_value:.3g}", fill=(60, 60, 60))
+        x_value = x_min + frac * x_span
+        x, _ = to_pixel(x_value, y_min)
+        draw.text((x - 10, height - bottom + 4), f"{x_value:.3g}", fill=(60, 60, 60))
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]

@@ -1,0 +1,51 @@
+"""The pack's own IO types and the folders its artefacts live in.
+
+Artefacts are safetensors files with JSON metadata in model folders registered with ``folder_paths`` (so users can add
+paths in ``extra_model_paths.yaml``). A name a user gives is resolved inside those folders only: ``..``, absolute paths
+and symlinks that lead outside are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io
+
+VRGProfile = io.Custom("VRG_PROFILE")
+PROFILE_FOLDER = "vrg_profiles"
+EXTENSION = ".safetensors"
+
+
+def register_folder(name: str) -> None:
+    """A ``models/<name>`` folder for the pack's files, listed like any model folder (idempotent)."""
+    folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name), is_default=True)
+    folder_paths.folder_names_and_paths[name][1].add(EXTENSION)
+
+
+def list_files(folder: str) -> list[str]:
+    """The artefact names a combo offers."""
+    return folder_paths.get_filename_list(folder)
+
+
+def resolve(folder: str, name: str, node: str, input_name: str) -> Path:
+    """The existing file ``name`` inside ``folder``; a ``ValueError`` naming the node and input otherwise."""
+    path = folder_paths.get_full_path(folder, name)
+    roots = [Path(root).resolve() for root in folder_paths.get_folder_paths(folder)]
+    if path is None or not any(Path(path).resolve().is_relative_to(root) for root in roots):
+        raise ValueError(f"{node}: input '{input_name}': no file {name!r} in models/{folder}. Pick one from the list, "
+                         f"or create it with the node that writes {folder}.")
+    return Path(path)
+
+
+def new_file(folder: str, name: str, node: str, input_name: str) -> Path:
+    """Where a new artefact called ``name`` goes: a plain file name in the folder's first path, ``.safetensors`` added."""
+    stem = name.removesuffix(EXTENSION)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.\-]{0,120}", stem) or ".." in stem:
+        raise ValueError(f"{node}: input '{input_name}' must be a plain file name (letters, digits, space, '_', '-', "
+                         f"'.'; no folders or '..'), got {name!r}.")
+    root = Path(folder_paths.get_folder_paths(folder)[0])
+    root.mkdir(parents=True, exist_ok=True)
+    return root / f"{stem}{EXTENSION}"

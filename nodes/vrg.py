@@ -1,0 +1,286 @@
+"""VRG, Variance-Reduction Guidance (arXiv 2510.21792): calibrate a model's error profile once, then sample on the σ
+schedule that minimises the variance of the accumulated error. Math in ``samplers/vrg.py``.
+
+The ``vrg`` scheduler in every scheduler dropdown optimises the ``normal`` schedule with the profile that travels with the
+MODEL (attached by VRG Calibrate or VRG Load Profile); without one it looks for the newest profile in
+``models/vrg_profiles`` calibrated for a model with the same noise schedule, and without that it stops with an error that
+says what to run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import logging
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..samplers.core import check_sigmas
+from ..samplers.vrg import ErrorProfile, cumulative_error, default_sigma_grid, measure_error_profile, optimize_sigmas
+from . import types
+from .host import model_is_flow, with_guided_denoiser
+from .plot import line_plot
+
+CATEGORY = "sampling/error_control/vrg"
+SCHEDULER_NAME = "vrg"
+BASE_SCHEDULER = "normal"
+PACK_VERSION = "0.1.0"
+PROFILE_ATTRIBUTE = "error_control_vrg_profile"
+
+types.register_folder(types.PROFILE_FOLDER)
+
+
+def sampling_fingerprint(model_sampling) -> str:
+    """What a profile's σ levels depend on: the sampling class and its σ table (or shift), as a short hash."""
+    parts = [type(model_sampling).__name__, f"{float(model_sampling.sigma_min):.6g}", f"{float(model_sampling.sigma_max):.6g}"]
+    table = getattr(model_sampling, "sigmas", None)
+    if isinstance(table, torch.Tensor):
+        parts.append(hashlib.sha256(table.detach().float().cpu().numpy().tobytes()).hexdigest()[:16])
+    return "sampling:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def weights_fingerprint(model_patcher) -> str:
+    """A cheap identity of the weights: shapes and sums of the first tensors of the state dict (patches not applied)."""
+    digest = hashlib.sha256(type(model_patcher.model).__name__.encode())
+    for index, (key, value) in enumerate(sorted(model_patcher.model.state_dict().items())):
+        if index >= 8:
+            break
+        digest.update(f"{key}{tuple(value.shape)}{float(value.detach().float().sum()):.6e}".encode())
+    return "weights:" + digest.hexdigest()[:16]
+
+
+def model_fingerprint(model_patcher) -> str:
+    return f"{sampling_fingerprint(model_patcher.get_model_object('model_sampling'))} {weights_fingerprint(model_patcher)}"
+
+
+def with_profile(model_patcher, profile: ErrorProfile):
+    """A clone of the MODEL whose model_sampling carries ``profile`` for the ``vrg`` scheduler."""
+    patched = model_patcher.clone()
+    model_sampling = copy.copy(patched.get_model_object("model_sampling"))
+    setattr(model_sampling, PROFILE_ATTRIBUTE, profile)
+    patched.add_object_patch("model_sampling", model_sampling)
+    return patched
+
+
+def check_profile(profile: ErrorProfile, model_patcher, node: str) -> None:
+    """The profile must be for the model's parametrisation; another model's weights are worth a visible warning only."""
+    flow = model_is_flow(model_patcher)
+    if profile.flow != flow:
+        made_for = "a flow (CONST)" if profile.flow else "an EPS/V"
+        raise ValueError(f"{node}: input 'profile' was calibrated for {made_for} model, but this model is "
+                         f"{'flow' if flow else 'EPS/V'}. Calibrate this model with 'VRG Calibrate'.")
+    if weights_fingerprint(model_patcher) not in profile.model:
+        logging.warning(f"{node}: the error profile was calibrated on other weights ({profile.model}); "
+                        "the schedule is still valid, but calibrate this model for the best result.")
+
+
+def base_sigmas(model_patcher, scheduler: str, steps: int, denoise: float, node: str) -> torch.Tensor:
+    """The base schedule as BasicScheduler builds it (steps, denoise < 1 keeps the last part)."""
+    if steps < 1:
+        raise ValueError(f"{node}: input 'steps' must be >= 1, got {steps}.")
+    if not 0 < denoise <= 1:
+        raise ValueError(f"{node}: input 'denoise' must be in (0, 1], got {denoise}.")
+    if scheduler == SCHEDULER_NAME:
+        raise ValueError(f"{node}: input 'scheduler' is the base schedule VRG improves; pick one other than 'vrg'.")
+    total = int(steps / denoise)
+    model_sampling = model_patcher.get_model_object("model_sampling")
+    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, total).cpu()[-(steps + 1):]
+
+
+def schedule_plot(base: torch.Tensor, optimised: torch.Tensor, profile: ErrorProfile) -> torch.Tensor:
+    steps = list(range(len(base) - 1))
+    flow = profile.flow
+    title = (f"VRG: CPE {float(cumulative_error(base, profile, flow)):.4g} -> "
+             f"{float(cumulative_error(optimised, profile, flow)):.4g}")
+    return line_plot({"base σ": (steps, base[:-1].tolist()), "VRG σ": (steps, optimised[:-1].tolist())},
+                     title, "step", "σ")
+
+
+def profile_plot(profile: ErrorProfile) -> torch.Tensor:
+    levels = profile.sigmas.tolist()
+    return line_plot({"mse_x0": (torch.log10(profile.sigmas).tolist(), profile.mse.tolist())},
+                     f"VRG error profile ({'flow' if profile.flow else 'EPS/V'}, {len(levels)} levels)",
+                     "log10 σ", "mse_x0")
+
+
+class VRGCalibrate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ErrorControlVRGCalibrate",
+            display_name="VRG Calibrate (measure error profile)",
+            category=CATEGORY,
+            description="Variance-Reduction Guidance, step 1 (once per model): measures the model's x0 prediction error "
+                        "at each noise level on your clean latents and saves it to models/vrg_profiles. The MODEL output "
+                        "carries the profile, so a KSampler fed from it can use the 'vrg' scheduler.",
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model"),
+                io.Latent.Input("latent", tooltip="Clean latents (VAE-encoded images of the kind you generate); 4–16 "
+                                                  "is plenty, batch them with 'Repeat Latent Batch' or 'Latent Batch'."),
+                io.Conditioning.Input("positive", tooltip="The conditioning to calibrate under; an empty prompt is the "
+                                                          "usual choice."),
+                io.Conditioning.Input("negative", optional=True, tooltip="Only used when cfg > 1."),
+                io.Float.Input("cfg", default=1.0, min=1.0, max=30.0, step=0.1,
+                               tooltip="Guidance to calibrate under (1 = the plain model; tested 1–8)."),
+                io.Int.Input("grid_points", default=64, min=8, max=256,
+                             tooltip="Noise levels measured, log-spaced over the model's σ range (tested 32–128)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.String.Input("profile_name", default="vrg_profile",
+                                tooltip="File name in models/vrg_profiles (letters, digits, '_', '-', '.')."),
+            ],
+            outputs=[io.Model.Output(display_name="model"), types.VRGProfile.Output(display_name="profile"),
+                     io.Image.Output(display_name="plot")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, positive, cfg, grid_points, seed, profile_name, negative=None) -> io.NodeOutput:
+        node = "VRG Calibrate"
+        target = types.new_file(types.PROFILE_FOLDER, profile_name, node, "profile_name")
+        samples = latent["samples"]
+        if samples.numel() == 0 or samples.shape[0] == 0:
+            raise ValueError(f"{node}: input 'latent' is empty. Connect VAE-encoded images (a batch of 4–16).")
+        if not torch.isfinite(samples).all():
+            raise ValueError(f"{node}: input 'latent' contains NaN/inf. Re-encode the images.")
+        flow = model_is_flow(model)
+        model_sampling = model.get_model_object("model_sampling")
+        sigma_max = min(float(model_sampling.sigma_max), 1.0) if flow else float(model_sampling.sigma_max)
+        grid = default_sigma_grid(float(model_sampling.sigma_min), sigma_max, grid_points, flow)
+        progress = comfy.utils.ProgressBar(grid_points)
+        result = {}
+
+        def on_level(done: int, total: int) -> None:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            progress.update_absolute(done, total)
+
+        def measure(denoiser, x0):
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            result["profile"] = measure_error_profile(denoiser, x0, grid, generator, flow=flow, batch_size=4,
+                                                      callback=on_level)
+
+        with_guided_denoiser(model, positive, negative if negative is not None else positive, cfg, samples, seed, measure)
+        profile = dataclasses.replace(result["profile"], model=model_fingerprint(model), pack_version=PACK_VERSION,
+                                      conditioning=f"given conditioning, cfg {cfg:g}")
+        profile.save(target)
+        return io.NodeOutput(with_profile(model, profile), profile, profile_plot(profile))
+
+
+class VRGLoadProfile(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ErrorControlVRGLoadProfile",
+            display_name="VRG Load Profile",
+            category=CATEGORY,
+            description="Loads an error profile saved by VRG Calibrate and attaches it to the MODEL for the 'vrg' "
+                        "scheduler; also outputs it for VRG Scheduler / VRG Optimize Sigmas.",
+            inputs=[io.Model.Input("model"),
+                    io.Combo.Input("profile_name", options=types.list_files(types.PROFILE_FOLDER),
+                                   tooltip="A file in models/vrg_profiles.")],
+            outputs=[io.Model.Output(display_name="model"), types.VRGProfile.Output(display_name="profile"),
+                     io.Image.Output(display_name="plot")],
+        )
+
+    @classmethod
+    def execute(cls, model, profile_name) -> io.NodeOutput:
+        node = "VRG Load Profile"
+        path = types.resolve(types.PROFILE_FOLDER, profile_name, node, "profile_name")
+        try:
+            profile = ErrorProfile.load(path)
+        except ValueError as err:
+            raise ValueError(f"{node}: input 'profile_name': {err}") from err
+        check_profile(profile, model, node)
+        return io.NodeOutput(with_profile(model, profile), profile, profile_plot(profile))
+
+
+def _optimise(sigmas: torch.Tensor, profile: ErrorProfile, lp: float, fix_sigma_max: bool) -> torch.Tensor:
+    return optimize_sigmas(sigmas, profile, lp=lp, fix_sigma_max=fix_sigma_max, flow=profile.flow)
+
+
+TRUST_REGION = dict(default=0.01, min=0.0, max=0.2, step=0.001,
+                    tooltip="Trust region of each step's ᾱ ratio (the paper's lp; tested 0.005–0.05). 0 returns the "
+                            "base schedule; large values give schedules with huge jumps.")
+
+
+class VRGScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ErrorControlVRGScheduler",
+            display_name="VRG Scheduler",
+            category=CATEGORY,
+            description="Variance-Reduction Guidance, step 2: a base schedule re-spaced to minimise the variance of the "
+                        "accumulated prediction error, from the model's calibrated error profile. Zero extra model calls.",
+            inputs=[io.Model.Input("model"), types.VRGProfile.Input("profile"),
+                    io.Combo.Input("scheduler", options=[n for n in comfy.samplers.SCHEDULER_NAMES if n != SCHEDULER_NAME],
+                                   default=BASE_SCHEDULER, tooltip="The base schedule VRG re-spaces."),
+                    io.Int.Input("steps", default=20, min=1, max=10000),
+                    io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                    io.Float.Input("lp", **TRUST_REGION),
+                    io.Boolean.Input("fix_sigma_max", default=True,
+                                     tooltip="Keep the first level (matters for img2img and denoise < 1).")],
+            outputs=[io.Sigmas.Output(display_name="sigmas"), io.Image.Output(display_name="plot")],
+        )
+
+    @classmethod
+    def execute(cls, model, profile, scheduler, steps, denoise, lp, fix_sigma_max) -> io.NodeOutput:
+        check_profile(profile, model, "VRG Scheduler")
+        base = base_sigmas(model, scheduler, steps, denoise, "VRG Scheduler")
+        optimised = _optimise(base, profile, lp, fix_sigma_max)
+        return io.NodeOutput(optimised, schedule_plot(base, optimised, profile))
+
+
+class VRGOptimizeSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ErrorControlVRGOptimizeSigmas",
+            display_name="VRG Optimize Sigmas",
+            category=CATEGORY,
+            description="Re-spaces any SIGMAS (from any scheduler node) with Variance-Reduction Guidance: same length, "
+                        "same last value, strictly decreasing.",
+            inputs=[types.VRGProfile.Input("profile"), io.Sigmas.Input("sigmas"), io.Float.Input("lp", **TRUST_REGION),
+                    io.Boolean.Input("fix_sigma_max", default=True, tooltip="Keep the first level.")],
+            outputs=[io.Sigmas.Output(display_name="sigmas"), io.Image.Output(display_name="plot")],
+        )
+
+    @classmethod
+    def execute(cls, profile, sigmas, lp, fix_sigma_max) -> io.NodeOutput:
+        check_sigmas(sigmas, "VRG Optimize Sigmas", "sigmas")
+        optimised = _optimise(sigmas.cpu(), profile, lp, fix_sigma_max)
+        return io.NodeOutput(optimised, schedule_plot(sigmas.cpu(), optimised, profile))
+
+
+def newest_profile_for(model_sampling) -> ErrorProfile | None:
+    """The newest profile on disk calibrated for a model with this noise schedule, if any."""
+    wanted = sampling_fingerprint(model_sampling)
+    candidates = []
+    for name in types.list_files(types.PROFILE_FOLDER):
+        path = types.resolve(types.PROFILE_FOLDER, name, "vrg scheduler", "profile")
+        try:
+            profile = ErrorProfile.load(path)
+        except ValueError:
+            continue  # a damaged file elsewhere in the folder must not block sampling
+        if wanted in profile.model:
+            candidates.append((path.stat().st_mtime, name, profile))
+    return max(candidates, key=lambda c: c[:2])[2] if candidates else None
+
+
+def vrg_scheduler(model_sampling, steps: int) -> torch.Tensor:
+    """The ``vrg`` entry of the scheduler dropdowns (module doc)."""
+    profile = getattr(model_sampling, PROFILE_ATTRIBUTE, None) or newest_profile_for(model_sampling)
+    if profile is None:
+        raise ValueError("scheduler 'vrg': no VRG error profile for this model. Run 'VRG Calibrate' once (its MODEL "
+                         "output carries the profile), or load one with 'VRG Load Profile' and feed its MODEL to the "
+                         "sampler.")
+    base = comfy.samplers.calculate_sigmas(model_sampling, BASE_SCHEDULER, steps).cpu()
+    return _optimise(base, profile, 0.01, True)
+
+
+NODES = [VRGCalibrate, VRGLoadProfile, VRGScheduler, VRGOptimizeSigmas]
+REGISTRATIONS = {"schedulers": {SCHEDULER_NAME: vrg_scheduler}}
