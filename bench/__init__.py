@@ -1,0 +1,1 @@
+"""Benchmarks of the pack: testbeds, baselines and peers, and the report."""

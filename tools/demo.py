@@ -19,9 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.inversion import STEP_COUNTS, reconstruction_table  # noqa: E402
-from tools.comfy_host import ComfyServer, ui_to_api, write_example_image  # noqa: E402
-
-CHECKPOINT_OVERRIDE = {"CheckpointLoaderSimple": {"ckpt_name": "tiny_sd15.safetensors"}}
+from tools.comfy_host import TINY_OVERRIDES, ComfyServer, ui_to_api, write_example_image  # noqa: E402
 
 
 def psnr(a: Path, b: Path) -> float:
@@ -38,7 +36,7 @@ def run_workflows(out: Path) -> list[dict]:
         write_example_image(server.base_dir / "input" / "error_control_example.png")
         object_info = server.object_info()
         for path in sorted((REPO / "workflows").glob("*.json")):
-            graph = ui_to_api(json.loads(path.read_text()), object_info, CHECKPOINT_OVERRIDE)
+            graph = ui_to_api(json.loads(path.read_text()), object_info, TINY_OVERRIDES)
             start = time.perf_counter()
             history = server.run(graph)
             seconds = time.perf_counter() - start

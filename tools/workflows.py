@@ -163,7 +163,7 @@ def vrg_calibrate_and_sample(g: Graph) -> None:
     empty_prompt = g.add("CLIPTextEncode", title="Empty prompt (calibration)", text="", clip=ckpt[1])
     calibrate = g.add("ErrorControlVRGCalibrate", model=ckpt[0], latent=clean[0], positive=empty_prompt[0],
                       grid_points=32, profile_name=PROFILE)
-    g.add("PreviewImage", title="Error profile", images=calibrate[2])
+    g.add("SaveImage", title="Error profile", images=calibrate[2], filename_prefix="vrg/error_profile")
     positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
     for scheduler, model in (("normal", ckpt[0]), ("vrg", calibrate[0])):
@@ -178,7 +178,7 @@ def vrg_saved_profile(g: Graph) -> None:
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     loaded = g.add("ErrorControlVRGLoadProfile", model=ckpt[0], profile_name=f"{PROFILE}.safetensors")
     schedule = g.add("ErrorControlVRGScheduler", model=ckpt[0], profile=loaded[1], scheduler="normal", steps=20)
-    g.add("PreviewImage", title="Base vs VRG σ", images=schedule[1])
+    g.add("SaveImage", title="Base vs VRG σ", images=schedule[1], filename_prefix="vrg/schedule")
     positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
     guider = g.add("CFGGuider", model=ckpt[0], positive=positive[0], negative=negative[0], cfg=7.0)
     sampled = g.add("SamplerCustomAdvanced", noise=g.add("RandomNoise", noise_seed=7)[0], guider=guider[0],

@@ -1,0 +1,1 @@
+"""Testbeds with a known ground truth, shared by the benchmarks and the unit tests."""

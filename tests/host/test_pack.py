@@ -7,15 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tools.comfy_host import PromptFailed, txt2img, ui_to_api
+from tools.comfy_host import TINY_OVERRIDES, PromptFailed, txt2img, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 PACK_NODES = {"ErrorControlDDIMInversionSampler", "ErrorControlInversionSigmas", "ErrorControlVRGCalibrate",
               "ErrorControlVRGLoadProfile", "ErrorControlVRGScheduler", "ErrorControlVRGOptimizeSigmas"}
-# The examples name a common checkpoint and 512 px; the test server has the tiny one, and 64 px is enough to run.
-TINY = {"CheckpointLoaderSimple": {"ckpt_name": "tiny_sd15.safetensors"},
-        "EmptyLatentImage": {"width": 64, "height": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +49,7 @@ def test_the_pack_serves_its_workflows_as_templates(comfy):
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
 def test_example_workflow_runs_on_the_tiny_checkpoint(comfy, object_info, workflow):
-    graph = ui_to_api(json.loads(workflow.read_text()), object_info, TINY)
+    graph = ui_to_api(json.loads(workflow.read_text()), object_info, TINY_OVERRIDES)
     assert {node["class_type"] for node in graph.values()} <= object_info.keys()
     images = comfy.output_images(comfy.run(graph))
     assert images and all(p.stat().st_size > 0 for p in images)

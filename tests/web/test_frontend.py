@@ -8,7 +8,7 @@ import pytest
 import requests
 from playwright import sync_api as playwright
 
-from tools.comfy_host import CACHE, CHECKPOINT_NAME
+from tools.comfy_host import CACHE, TINY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -48,9 +48,10 @@ def test_workflow_loads_without_missing_nodes_and_runs_from_the_ui(page, comfy, 
     missing = page.evaluate("() => app.graph._nodes.filter(n => !(n.type in LiteGraph.registered_node_types))"
                             ".map(n => n.type)")
     assert missing == []
-    # The example names a common checkpoint; the test server has the tiny one.
-    page.evaluate("""(name) => { for (const n of app.graph._nodes.filter(n => n.type === 'CheckpointLoaderSimple'))
-                                   n.widgets.find(w => w.name === 'ckpt_name').value = name; }""", CHECKPOINT_NAME)
+    # The examples name a common checkpoint and 512 px; the test server has the tiny checkpoint (TINY_OVERRIDES).
+    page.evaluate("""(overrides) => { for (const n of app.graph._nodes)
+                         for (const [name, value] of Object.entries(overrides[n.type] ?? {}))
+                             n.widgets.find(w => w.name === name).value = value; }""", TINY_OVERRIDES)
     before = set(comfy.get("/history").json())
     page.evaluate("async () => await app.queuePrompt(0)")
     assert page.evaluate("() => app.lastNodeErrors ?? null") in (None, {})
