@@ -119,3 +119,59 @@ def test_inversion_round_trip_converges_with_steps_for_every_family(comfy, famil
         assert torch.isfinite(noise).all() and noise.std() > x0.std()  # it really went up to noise
         errors[steps] = ((x0_back - x0) ** 2).mean().item()
     assert errors[40] < errors[5], errors
+
+
+def test_vrg_is_appended_to_every_scheduler_dropdown(object_info):
+    for node in ("KSampler", "KSamplerAdvanced", "BasicScheduler"):
+        schedulers = combo(object_info, node, "scheduler")
+        assert schedulers[-1] == "vrg" and schedulers.count("vrg") == 1
+
+
+def calibration_graph(name: str, batch: int, points: int) -> dict:
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
+        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
+        "batch": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["latent", 0], "amount": batch}},
+        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "calibrate": {"class_type": "ErrorControlVRGCalibrate", "inputs": {
+            "model": ["ckpt", 0], "latent": ["batch", 0], "positive": ["text", 0], "cfg": 1.0, "grid_points": points,
+            "seed": 0, "profile_name": name}},
+        "plot": {"class_type": "PreviewImage", "inputs": {"images": ["calibrate", 2]}},
+    }
+
+
+def test_calibration_of_8_latents_on_32_levels_writes_one_profile_file(comfy):
+    folder = comfy.base_dir / "models" / "vrg_profiles"
+    before = set(folder.glob("*")) if folder.exists() else set()
+    comfy.run(calibration_graph("calibration_test", batch=8, points=32))
+    assert {p.name for p in set(folder.glob("*")) - before} == {"calibration_test.safetensors"}
+    graph = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "load": {"class_type": "ErrorControlVRGLoadProfile", "inputs": {"model": ["ckpt", 0],
+                                                                        "profile_name": "calibration_test.safetensors"}},
+        "schedule": {"class_type": "ErrorControlVRGScheduler", "inputs": {
+            "model": ["ckpt", 0], "profile": ["load", 1], "scheduler": "karras", "steps": 10, "denoise": 1.0,
+            "lp": 0.01, "fix_sigma_max": True}},
+        "plot": {"class_type": "PreviewImage", "inputs": {"images": ["schedule", 1]}},
+    }
+    assert comfy.run(graph)["status"]["status_str"] == "success"
+
+
+def test_vrg_scheduler_without_a_profile_says_what_to_run(comfy):
+    # A flow model has a noise schedule no profile on disk was calibrated for, and no profile travels with it.
+    graph = txt2img(prefix="vrg_without_profile")
+    graph["flow"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
+    graph["sample"]["inputs"].update(model=["flow", 0], scheduler="vrg")
+    with pytest.raises(PromptFailed, match="no VRG error profile for this model. Run 'VRG Calibrate'"):
+        comfy.run(graph)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../escape", "must be a plain file name"),
+    ("/etc/passwd", "must be a plain file name"),
+    ("", "must be a plain file name"),
+])
+def test_calibration_refuses_names_that_leave_the_profile_folder(comfy, name, message):
+    with pytest.raises(PromptFailed, match=f"VRG Calibrate: input 'profile_name' {message}"):
+        comfy.run(calibration_graph(name, batch=1, points=8))

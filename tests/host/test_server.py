@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tools.comfy_host import LINK_KEYS, PromptFailed, PromptRejected, sampler_names, txt2img, ui_to_api, with_input
-
-TINY = {"CheckpointLoaderSimple": {"ckpt_name": "tiny_sd15.safetensors"}}
+from tools.comfy_host import (
+    LINK_KEYS,
+    TINY_OVERRIDES,
+    PromptFailed,
+    PromptRejected,
+    sampler_names,
+    txt2img,
+    ui_to_api,
+    with_input,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +59,7 @@ def test_a_workflow_saved_by_the_frontend_converts_and_runs(comfy, object_info):
     from comfyui_workflow_templates import get_asset_path
 
     workflow = json.loads(Path(get_asset_path("default", "default.json")).read_text())
-    overrides = {**TINY, "EmptyLatentImage": {"width": 64, "height": 64}, "KSampler": {"steps": 3}}
+    overrides = {**TINY_OVERRIDES, "KSampler": {"steps": 3}}
     graph = ui_to_api(workflow, object_info, overrides)
     kinds = sorted(node["class_type"] for node in graph.values())
     assert kinds == ["CLIPTextEncode", "CLIPTextEncode", "CheckpointLoaderSimple", "EmptyLatentImage", "KSampler",
@@ -109,9 +116,9 @@ UI_WORKFLOW_AS_API = {
 
 def test_ui_to_api_follows_reroutes_primitives_and_bypasses_and_drops_notes_and_muted_nodes(comfy, object_info):
     workflow = ui_workflow()
-    assert ui_to_api(workflow, object_info, TINY) == UI_WORKFLOW_AS_API
+    assert ui_to_api(workflow, object_info, TINY_OVERRIDES) == UI_WORKFLOW_AS_API
     workflow["links"] = [dict(zip(LINK_KEYS, link, strict=True)) for link in workflow["links"]]  # schema version 1
-    assert ui_to_api(workflow, object_info, TINY) == UI_WORKFLOW_AS_API
+    assert ui_to_api(workflow, object_info, TINY_OVERRIDES) == UI_WORKFLOW_AS_API
     (latent,) = comfy.output_files(comfy.run(UI_WORKFLOW_AS_API), "latents")
     assert latent.name.startswith("ui_to_api") and latent.stat().st_size > 0
 
