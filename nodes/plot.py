@@ -1,4 +1,7 @@
-"""Small line plots as IMAGE outputs (Pillow only: ComfyUI ships it, matplotlib it does not)."""
+"""Small line plots as IMAGE outputs (Pillow only: ComfyUI ships it, matplotlib it does not).
+
+Pillow's built-in font is ASCII: labels say "sigma", not σ.
+"""
 
 from __future__ import annotations
 

@@ -97,15 +97,15 @@ def schedule_plot(base: torch.Tensor, optimised: torch.Tensor, profile: ErrorPro
     flow = profile.flow
     title = (f"VRG: CPE {float(cumulative_error(base, profile, flow)):.4g} -> "
              f"{float(cumulative_error(optimised, profile, flow)):.4g}")
-    return line_plot({"base σ": (steps, base[:-1].tolist()), "VRG σ": (steps, optimised[:-1].tolist())},
-                     title, "step", "σ")
+    return line_plot({"base sigma": (steps, base[:-1].tolist()), "VRG sigma": (steps, optimised[:-1].tolist())},
+                     title, "step", "sigma")
 
 
 def profile_plot(profile: ErrorProfile) -> torch.Tensor:
     levels = profile.sigmas.tolist()
     return line_plot({"mse_x0": (torch.log10(profile.sigmas).tolist(), profile.mse.tolist())},
                      f"VRG error profile ({'flow' if profile.flow else 'EPS/V'}, {len(levels)} levels)",
-                     "log10 σ", "mse_x0")
+                     "log10 sigma", "mse_x0")
 
 
 class VRGCalibrate(io.ComfyNode):
