@@ -311,11 +311,9 @@ def run(setting: Setting = QUICK) -> dict[str, list[dict]]:
             "samples": sample_rows(setting, {flow: models[flow]["mlp"] for flow in (False, True)}, profiles)}
 
 
-def format_table(rows: list[dict]) -> str:
-    """Rows as aligned text (floats to 4 significant digits)."""
+def markdown_table(rows: list[dict]) -> str:
+    """Rows as a Markdown table (floats to 4 significant digits), columns in first-seen order."""
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    cells = [[f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys] for row in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
-    return "\n".join(lines)
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    return "\n".join(lines + ["| " + " | ".join(cell(row.get(k, "")) for k in keys) + " |" for row in rows])
