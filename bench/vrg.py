@@ -22,6 +22,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.stats
 import torch
 from torch import Tensor
 
@@ -35,6 +37,9 @@ from .testbeds import gmm
 F64 = torch.float64
 STEP_COUNTS = (10, 20)
 BASES = {False: ("karras", "normal"), True: ("uniform", "shift3")}
+# ComfyUI's other schedulers on SD1.5's σ table; CPE only (the sample table keeps to BASES).
+CPE_BASES = {False: ("karras", "normal", "exponential", "sgm_uniform", "beta"), True: ("uniform", "shift3")}
+SD15_SIGMA_MIN, SD15_SIGMA_MAX = 0.0292, 14.6146
 """Base schedules per parametrisation (key: flow)."""
 
 
@@ -66,28 +71,45 @@ def make_mixture() -> gmm.GaussianMixture:
 # Schedules
 
 
-def sd15_normal(steps: int) -> Tensor:
-    """SD1.5's discrete "normal" schedule: ``steps`` timesteps uniform from 999 to 0 of the linear-β DDPM table, then 0.
-
-    ``β_t = linspace(√0.00085, √0.012, 1000)²``, ``σ_t = √((1-ᾱ_t)/ᾱ_t)``; fractional timesteps interpolate σ linearly
-    in t on log σ (as ComfyUI's discrete model sampling does).
-    """
+def sd15_sigma(t: Tensor) -> Tensor:
+    """σ at (fractional) timesteps of SD1.5's linear-β DDPM table, ``β_t = linspace(√0.00085, √0.012, 1000)²``,
+    ``σ_t = √((1-ᾱ_t)/ᾱ_t)``, interpolated linearly in t on log σ (as ComfyUI's discrete model sampling does)."""
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=F64) ** 2
     alphas_bar = torch.cumprod(1 - betas, 0)
     log_sigmas = (((1 - alphas_bar) / alphas_bar) ** 0.5).log()
-    t = torch.linspace(999, 0, steps, dtype=F64)
     low = t.floor().long().clamp(max=998)
     w = t - low
-    sigmas = ((1 - w) * log_sigmas[low] + w * log_sigmas[low + 1]).exp()
+    return ((1 - w) * log_sigmas[low] + w * log_sigmas[low + 1]).exp()
+
+
+def sd15_timesteps(name: str, steps: int) -> Tensor:
+    """The timesteps of ComfyUI's discrete schedulers: "normal" (999 → 0), "sgm_uniform" (999 → 0, last dropped) and
+    "beta" (Beta(0.6, 0.6) quantiles, Lee et al. 2024)."""
+    if name == "normal":
+        return torch.linspace(999, 0, steps, dtype=F64)
+    if name == "sgm_uniform":
+        return torch.linspace(999, 0, steps + 1, dtype=F64)[:-1]
+    quantiles = 1 - np.linspace(0, 1, steps, endpoint=False)
+    return torch.from_numpy(np.rint(scipy.stats.beta.ppf(quantiles, 0.6, 0.6) * 999)).unique().flip(0).to(F64)
+
+
+def sd15_normal(steps: int) -> Tensor:
+    """SD1.5's discrete "normal" schedule, then 0."""
+    sigmas = sd15_sigma(sd15_timesteps("normal", steps))
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
 def base_schedule(name: str, steps: int) -> Tensor:
-    """A base schedule by name: "karras", "normal" (VE σ), "uniform", "shift3" (flow s, ``s' = 3s/(1+2s)``)."""
+    """A base schedule by name: "karras", "normal", "sgm_uniform", "beta", "exponential" (VE σ, SD1.5's range) or
+    "uniform", "shift3" (flow s, ``s' = 3s/(1+2s)``)."""
     if name == "karras":
         return karras_or_uniform(steps, flow=False)
-    if name == "normal":
-        return sd15_normal(steps)
+    if name in ("normal", "sgm_uniform", "beta"):
+        sigmas = sd15_sigma(sd15_timesteps(name, steps))
+        return torch.cat([sigmas, sigmas.new_zeros(1)])
+    if name == "exponential":
+        sigmas = torch.linspace(np.log(SD15_SIGMA_MAX), np.log(SD15_SIGMA_MIN), steps, dtype=F64).exp()
+        return torch.cat([sigmas, sigmas.new_zeros(1)])
     s = karras_or_uniform(steps, flow=True)
     if name == "uniform":
         return s
@@ -217,7 +239,7 @@ def cpe_rows(profiles: dict[bool, ErrorProfile], label: str = "mlp") -> list[dic
     """CPE of each base schedule at 10 and 20 steps before and after ``optimize_sigmas`` with ``profiles[flow]``."""
     rows = []
     for flow, profile in profiles.items():
-        for base in BASES[flow]:
+        for base in CPE_BASES[flow]:
             for steps in STEP_COUNTS:
                 sigmas = base_schedule(base, steps)
                 before = cumulative_error(sigmas, profile).item()
