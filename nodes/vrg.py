@@ -261,11 +261,11 @@ def newest_profile_for(model_sampling) -> ErrorProfile | None:
     wanted = sampling_fingerprint(model_sampling)
     candidates = []
     for name in types.list_files(types.PROFILE_FOLDER):
-        path = types.resolve(types.PROFILE_FOLDER, name, "vrg scheduler", "profile")
         try:
+            path = types.resolve(types.PROFILE_FOLDER, name, "vrg scheduler", "profile")
             profile = ErrorProfile.load(path)
         except ValueError:
-            continue  # a damaged file elsewhere in the folder must not block sampling
+            continue  # a damaged file, or a link out of the folder, must not block sampling with the good ones
         if wanted in profile.model:
             candidates.append((path.stat().st_mtime, name, profile))
     return max(candidates, key=lambda c: c[:2])[2] if candidates else None
