@@ -46,12 +46,6 @@ def model_is_flow(model_patcher) -> bool:
     return is_flow(model_patcher.get_model_object("model_sampling"))
 
 
-def sigma_range(model_patcher) -> tuple[Tensor, Tensor]:
-    """``(σ_min, σ_max)`` of a MODEL input."""
-    model_sampling = model_patcher.get_model_object("model_sampling")
-    return model_sampling.sigma_min, model_sampling.sigma_max
-
-
 def with_guided_denoiser(model_patcher, positive, negative, cfg: float, latent: Tensor, seed: int,
                          work: Callable[[Denoiser, Tensor], None]) -> None:
     """Run ``work(D, x0)`` inside ComfyUI's own sampling setup: the model loaded by the host's model management,
