@@ -38,8 +38,12 @@ F64 = torch.float64
 STEP_COUNTS = (10, 20)
 BASES = {False: ("karras", "normal"), True: ("uniform", "shift3")}
 # ComfyUI's other schedulers on SD1.5's σ table; CPE only (the sample table keeps to BASES).
-CPE_BASES = {False: ("karras", "normal", "exponential", "sgm_uniform", "beta"), True: ("uniform", "shift3")}
+CPE_BASES = {False: ("karras", "normal", "exponential", "sgm_uniform", "beta", "ays"), True: ("uniform", "shift3")}
 SD15_SIGMA_MIN, SD15_SIGMA_MAX = 0.0292, 14.6146
+# Align Your Steps' 10-step levels for SD1.x (Sabour et al. 2024, "Align Your Steps", published table, as in ComfyUI's
+# AlignYourStepsScheduler): other step counts interpolate them log-linearly; the last level becomes 0.
+AYS_SD1 = (14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092, 0.9642583904,
+           0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582)
 """Base schedules per parametrisation (key: flow)."""
 
 
@@ -100,13 +104,19 @@ def sd15_normal(steps: int) -> Tensor:
 
 
 def base_schedule(name: str, steps: int) -> Tensor:
-    """A base schedule by name: "karras", "normal", "sgm_uniform", "beta", "exponential" (VE σ, SD1.5's range) or
+    """A base schedule by name: "karras", "normal", "sgm_uniform", "beta", "exponential", "ays" (VE σ, SD1.5's range) or
     "uniform", "shift3" (flow s, ``s' = 3s/(1+2s)``)."""
     if name == "karras":
         return karras_or_uniform(steps, flow=False)
     if name in ("normal", "sgm_uniform", "beta"):
         sigmas = sd15_sigma(sd15_timesteps(name, steps))
         return torch.cat([sigmas, sigmas.new_zeros(1)])
+    if name == "ays":
+        table = torch.tensor(AYS_SD1, dtype=F64).log()
+        positions = torch.linspace(0, 1, steps + 1, dtype=F64) * (len(AYS_SD1) - 1)
+        low = positions.floor().long().clamp(max=len(AYS_SD1) - 2)
+        sigmas = (table[low] + (positions - low) * (table[low + 1] - table[low])).exp()
+        return torch.cat([sigmas[:-1], sigmas.new_zeros(1)])
     if name == "exponential":
         sigmas = torch.linspace(np.log(SD15_SIGMA_MAX), np.log(SD15_SIGMA_MIN), steps, dtype=F64).exp()
         return torch.cat([sigmas, sigmas.new_zeros(1)])

@@ -64,7 +64,7 @@ def test_measured_profile_matches_independent_error(models, mixture):
 
 
 def test_vrg_lowers_cpe_with_the_mlp_profile(models):
-    """karras, normal, exponential, sgm_uniform, beta (VE) and uniform, shift 3 (flow), 10 and 20 steps: lower CPE."""
+    """karras, normal, exponential, sgm_uniform, beta, AYS (VE); uniform, shift 3 (flow); 10 and 20 steps: lower CPE."""
     flow, _, profile = models
     rows = vrg.cpe_rows({flow: profile})
     assert {(r["base"], r["steps"]) for r in rows} == {(b, n) for b in vrg.CPE_BASES[flow] for n in vrg.STEP_COUNTS}
