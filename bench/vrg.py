@@ -31,7 +31,7 @@ from samplers import core
 from samplers.inversion import ddim
 from samplers.vrg import ErrorProfile, cumulative_error, default_sigma_grid, measure_error_profile, optimize_sigmas
 
-from .inversion import schedule as karras_or_uniform
+from .inversion import karras
 from .testbeds import gmm
 
 F64 = torch.float64
@@ -81,9 +81,19 @@ def sd15_sigma(t: Tensor) -> Tensor:
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=F64) ** 2
     alphas_bar = torch.cumprod(1 - betas, 0)
     log_sigmas = (((1 - alphas_bar) / alphas_bar) ** 0.5).log()
-    low = t.floor().long().clamp(max=998)
-    w = t - low
-    return ((1 - w) * log_sigmas[low] + w * log_sigmas[low + 1]).exp()
+    return log_linear(log_sigmas, t)
+
+
+def log_linear(log_table: Tensor, positions: Tensor) -> Tensor:
+    """``exp`` of ``log_table`` interpolated linearly at fractional indices ``positions``."""
+    low = positions.floor().long().clamp(max=len(log_table) - 2)
+    w = positions - low
+    return ((1 - w) * log_table[low] + w * log_table[low + 1]).exp()
+
+
+def then_zero(sigmas: Tensor) -> Tensor:
+    """ComfyUI's SIGMAS: the levels, then 0."""
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
 def sd15_timesteps(name: str, steps: int) -> Tensor:
@@ -97,30 +107,19 @@ def sd15_timesteps(name: str, steps: int) -> Tensor:
     return torch.from_numpy(np.rint(scipy.stats.beta.ppf(quantiles, 0.6, 0.6) * 999)).unique().flip(0).to(F64)
 
 
-def sd15_normal(steps: int) -> Tensor:
-    """SD1.5's discrete "normal" schedule, then 0."""
-    sigmas = sd15_sigma(sd15_timesteps("normal", steps))
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
-
-
 def base_schedule(name: str, steps: int) -> Tensor:
     """A base schedule by name: "karras", "normal", "sgm_uniform", "beta", "exponential", "ays" (VE σ, SD1.5's range) or
     "uniform", "shift3" (flow s, ``s' = 3s/(1+2s)``)."""
     if name == "karras":
-        return karras_or_uniform(steps, flow=False)
+        return karras(steps)
     if name in ("normal", "sgm_uniform", "beta"):
-        sigmas = sd15_sigma(sd15_timesteps(name, steps))
-        return torch.cat([sigmas, sigmas.new_zeros(1)])
+        return then_zero(sd15_sigma(sd15_timesteps(name, steps)))
     if name == "ays":
-        table = torch.tensor(AYS_SD1, dtype=F64).log()
-        positions = torch.linspace(0, 1, steps + 1, dtype=F64) * (len(AYS_SD1) - 1)
-        low = positions.floor().long().clamp(max=len(AYS_SD1) - 2)
-        sigmas = (table[low] + (positions - low) * (table[low + 1] - table[low])).exp()
-        return torch.cat([sigmas[:-1], sigmas.new_zeros(1)])
+        positions = torch.linspace(0, len(AYS_SD1) - 1, steps + 1, dtype=F64)
+        return then_zero(log_linear(torch.tensor(AYS_SD1, dtype=F64).log(), positions)[:-1])
     if name == "exponential":
-        sigmas = torch.linspace(np.log(SD15_SIGMA_MAX), np.log(SD15_SIGMA_MIN), steps, dtype=F64).exp()
-        return torch.cat([sigmas, sigmas.new_zeros(1)])
-    s = karras_or_uniform(steps, flow=True)
+        return then_zero(torch.linspace(np.log(SD15_SIGMA_MAX), np.log(SD15_SIGMA_MIN), steps, dtype=F64).exp())
+    s = torch.linspace(1.0, 0.0, steps + 1, dtype=F64)
     if name == "uniform":
         return s
     if name == "shift3":
@@ -130,12 +129,7 @@ def base_schedule(name: str, steps: int) -> Tensor:
 
 def reference_schedule(sigma_max: float, steps: int, flow: bool) -> Tensor:
     """A fine schedule for the reference solution: Karras ρ=7 from ``sigma_max`` to 0.002 then 0 (VE), uniform s (flow)."""
-    if flow:
-        return torch.linspace(sigma_max, 0.0, steps + 1, dtype=F64)
-    ramp = torch.linspace(0, 1, steps, dtype=F64)
-    rho, lo = 7.0, 0.002
-    sigmas = (sigma_max ** (1 / rho) + ramp * (lo ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
+    return torch.linspace(sigma_max, 0.0, steps + 1, dtype=F64) if flow else karras(steps, 0.002, sigma_max)
 
 
 def profile_grid(points: int, flow: bool) -> Tensor:

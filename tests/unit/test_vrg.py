@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench.inversion import schedule as karras_or_uniform
+from bench.vrg import base_schedule
 from samplers import core, vrg
 
 FLOWS = [False, True]
@@ -26,33 +28,6 @@ def flat_profile(flow: bool) -> vrg.ErrorProfile:
     """Constant mse_eps = 0.1."""
     grid = vrg.default_sigma_grid(0.005, 0.999, 32, flow=True) if flow else vrg.default_sigma_grid(0.01, 20.0, 32)
     return vrg.ErrorProfile(grid, 0.1 * core.ve_sigma(grid, flow) ** 2, flow)
-
-
-def karras_or_uniform(steps: int, flow: bool) -> torch.Tensor:
-    """Karras (σ 14.6 → 0.03, ρ 7) for EPS, uniform from s = 1 for flow; ending in 0."""
-    if flow:
-        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    sigmas = (14.6 ** (1 / 7) + ramp * (0.03 ** (1 / 7) - 14.6 ** (1 / 7))) ** 7
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
-
-
-def normal_schedule(steps: int) -> torch.Tensor:
-    """ComfyUI's "normal" scheduler on SD1.5's discrete levels (scaled-linear β): uniform in timestep, log-σ interpolated."""
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    bars = torch.cumprod(1 - betas, 0)
-    log_sigma = ((1 - bars) / bars).sqrt().log()
-    t = torch.linspace(999, 0, steps, dtype=torch.float64)
-    low = t.floor().long()
-    w = t - low
-    sigmas = ((1 - w) * log_sigma[low] + w * log_sigma[(low + 1).clamp(max=999)]).exp()
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
-
-
-def shifted_flow_schedule(steps: int, shift: float = 3.0) -> torch.Tensor:
-    """SD3/Flux-style: uniform t, s = shift·t/(1 + (shift-1)·t), from s = 1 to 0."""
-    t = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
-    return shift * t / (1 + (shift - 1) * t)
 
 
 def random_schedule(steps: int, flow: bool, seed: int) -> torch.Tensor:
@@ -97,7 +72,7 @@ def test_cpe_sigma_form_equals_the_alpha_bar_form(flow, seed):
 
 def test_cpe_of_a_flow_schedule_from_s_1_adds_the_constant_top_term():
     # At s = 1 (σ_ve = ∞, ᾱ = 0) the ᾱ form is 0/0; its limit (1 - σ_prev/∞)²·mse_x0(1) = mse_x0(1) stays finite.
-    sigmas, profile = shifted_flow_schedule(10), realistic_profile(True)
+    sigmas, profile = base_schedule("shift3", 10), realistic_profile(True)
     expected = profile.mse_x0(torch.tensor(1.0)) + alpha_bar_form(sigmas[1:], profile)
     torch.testing.assert_close(vrg.cumulative_error(sigmas, profile), expected, rtol=1e-12, atol=0)
 
@@ -114,7 +89,7 @@ def test_cpe_of_a_split_schedule_is_the_sum_of_its_parts(flow):
 @pytest.mark.parametrize("fix_sigma_max", [True, False])
 def test_objective_gradient_matches_central_differences(flow, fix_sigma_max):
     # h = 1e-6: truncation O(h²) and rounding O(1e-16·loss/h) ≈ 1e-10·loss, both far below the 1e-6·max|g| allowed.
-    sigmas = shifted_flow_schedule(12) if flow else karras_or_uniform(12, False)
+    sigmas = base_schedule("shift3", 12) if flow else karras_or_uniform(12, False)
     if not fix_sigma_max:
         sigmas = sigmas[1:]  # a flow top below s = 1, so that it can move
     base, table = vrg._base(sigmas, flow, 0.01, fix_sigma_max), realistic_profile(flow)._table()
@@ -149,8 +124,8 @@ def test_optimised_schedule_is_valid_and_lowers_the_loss(flow, steps):
 @pytest.mark.parametrize("fix_sigma_max", [True, False])
 def test_optimiser_lowers_the_loss_inside_the_trust_region(name, fix_sigma_max):
     flow = name.startswith("flow")
-    base = {"karras": karras_or_uniform(20, False), "normal": normal_schedule(20),
-            "flow from s=1": shifted_flow_schedule(20)}[name]
+    base = {"karras": karras_or_uniform(20, False), "normal": base_schedule("normal", 20),
+            "flow from s=1": base_schedule("shift3", 20)}[name]
     profile, lp = realistic_profile(flow), 0.01
     out = vrg.optimize_sigmas(base, profile, lp=lp, fix_sigma_max=fix_sigma_max, flow=flow)
     assert out.shape == base.shape and (out.diff() < 0).all() and out[-1] == base[-1]
@@ -161,7 +136,7 @@ def test_optimiser_lowers_the_loss_inside_the_trust_region(name, fix_sigma_max):
 
 @pytest.mark.parametrize("flow", FLOWS)
 def test_flat_profile_stays_inside_the_trust_region(flow):
-    base, profile, lp = (shifted_flow_schedule(20) if flow else karras_or_uniform(20, False)), flat_profile(flow), 0.01
+    base, profile, lp = (base_schedule("shift3", 20) if flow else karras_or_uniform(20, False)), flat_profile(flow), 0.01
     out = vrg.optimize_sigmas(base, profile, lp=lp)
     assert ((ratios(out, flow) - ratios(base, flow)).abs() <= lp * (1 + 1e-9)).all()
     assert vrg.cumulative_error(out, profile) <= vrg.cumulative_error(base, profile)
@@ -191,7 +166,7 @@ def test_nothing_to_move_gives_back_the_input():
 def test_bad_inputs_are_clear_errors():
     eps_profile, base = realistic_profile(False), karras_or_uniform(10, False)
     with pytest.raises(ValueError, match="profile made for eps/v model"):
-        vrg.optimize_sigmas(shifted_flow_schedule(10), eps_profile, flow=True)
+        vrg.optimize_sigmas(base_schedule("shift3", 10), eps_profile, flow=True)
     with pytest.raises(ValueError, match="profile made for flow"):
         vrg.cumulative_error(base, realistic_profile(True), flow=False)
     with pytest.raises(ValueError, match="optimize_sigmas.*strictly descending"):

@@ -30,7 +30,7 @@ def models(request, mixture):
 
 def test_sd15_normal_matches_the_ddpm_table():
     """Endpoints of SD1.5's linear-β table (σ_999 ≈ 14.61, σ_0 ≈ 0.0292), strictly descending, ending in 0."""
-    sigmas = vrg.sd15_normal(10)
+    sigmas = vrg.base_schedule("normal", 10)
     assert sigmas.shape == (11,) and sigmas[-1] == 0 and (sigmas.diff() < 0).all()
     assert sigmas[0].item() == pytest.approx(14.6146, abs=1e-3)
     assert sigmas[-2].item() == pytest.approx(0.029168, abs=1e-5)
