@@ -94,17 +94,14 @@ def base_sigmas(model_patcher, scheduler: str, steps: int, denoise: float, node:
 
 def schedule_plot(base: torch.Tensor, optimised: torch.Tensor, profile: ErrorProfile) -> torch.Tensor:
     steps = list(range(len(base) - 1))
-    flow = profile.flow
-    title = (f"VRG: CPE {float(cumulative_error(base, profile, flow)):.4g} -> "
-             f"{float(cumulative_error(optimised, profile, flow)):.4g}")
+    title = f"VRG: CPE {float(cumulative_error(base, profile)):.4g} -> {float(cumulative_error(optimised, profile)):.4g}"
     return line_plot({"base sigma": (steps, base[:-1].tolist()), "VRG sigma": (steps, optimised[:-1].tolist())},
                      title, "step", "sigma")
 
 
 def profile_plot(profile: ErrorProfile) -> torch.Tensor:
-    levels = profile.sigmas.tolist()
     return line_plot({"mse_x0": (torch.log10(profile.sigmas).tolist(), profile.mse.tolist())},
-                     f"VRG error profile ({'flow' if profile.flow else 'EPS/V'}, {len(levels)} levels)",
+                     f"VRG error profile ({'flow' if profile.flow else 'EPS/V'}, {len(profile.sigmas)} levels)",
                      "log10 sigma", "mse_x0")
 
 
@@ -198,10 +195,6 @@ class VRGLoadProfile(io.ComfyNode):
         return io.NodeOutput(with_profile(model, profile), profile, profile_plot(profile))
 
 
-def _optimise(sigmas: torch.Tensor, profile: ErrorProfile, lp: float, fix_sigma_max: bool) -> torch.Tensor:
-    return optimize_sigmas(sigmas, profile, lp=lp, fix_sigma_max=fix_sigma_max, flow=profile.flow)
-
-
 TRUST_REGION = dict(default=0.01, min=0.0, max=0.2, step=0.001,
                     tooltip="Trust region of each step's ᾱ ratio (the paper's lp; tested 0.005–0.05). 0 returns the "
                             "base schedule; large values give schedules with huge jumps.")
@@ -231,7 +224,7 @@ class VRGScheduler(io.ComfyNode):
     def execute(cls, model, profile, scheduler, steps, denoise, lp, fix_sigma_max) -> io.NodeOutput:
         check_profile(profile, model, "VRG Scheduler")
         base = base_sigmas(model, scheduler, steps, denoise, "VRG Scheduler")
-        optimised = _optimise(base, profile, lp, fix_sigma_max)
+        optimised = optimize_sigmas(base, profile, lp=lp, fix_sigma_max=fix_sigma_max)
         return io.NodeOutput(optimised, schedule_plot(base, optimised, profile))
 
 
@@ -252,7 +245,7 @@ class VRGOptimizeSigmas(io.ComfyNode):
     @classmethod
     def execute(cls, profile, sigmas, lp, fix_sigma_max) -> io.NodeOutput:
         check_sigmas(sigmas, "VRG Optimize Sigmas", "sigmas")
-        optimised = _optimise(sigmas.cpu(), profile, lp, fix_sigma_max)
+        optimised = optimize_sigmas(sigmas.cpu(), profile, lp=lp, fix_sigma_max=fix_sigma_max)
         return io.NodeOutput(optimised, schedule_plot(sigmas.cpu(), optimised, profile))
 
 
@@ -279,7 +272,7 @@ def vrg_scheduler(model_sampling, steps: int) -> torch.Tensor:
                          "output carries the profile), or load one with 'VRG Load Profile' and feed its MODEL to the "
                          "sampler.")
     base = comfy.samplers.calculate_sigmas(model_sampling, BASE_SCHEDULER, steps).cpu()
-    return _optimise(base, profile, 0.01, True)
+    return optimize_sigmas(base, profile)
 
 
 NODES = [VRGCalibrate, VRGLoadProfile, VRGScheduler, VRGOptimizeSigmas]
