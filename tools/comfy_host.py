@@ -483,7 +483,7 @@ def failure(entry: dict) -> PromptFailed:
 def txt2img(steps: int = 4, prefix: str = "txt2img", sampler_name: str = "euler") -> dict:
     """Tiny checkpoint -> 2x CLIPTextEncode, EmptyLatentImage 64x64 -> KSampler -> VAEDecode -> SaveImage."""
     return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["ckpt", 1]}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
         "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tools.comfy_host import TINY_OVERRIDES, PromptFailed, txt2img, ui_to_api
+from tools.comfy_host import CHECKPOINT_NAME, TINY_OVERRIDES, PromptFailed, txt2img, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -66,7 +66,7 @@ def round_trip_graph(steps: int, model_patch: dict | None, eval_at: str, prefix:
     """Encode the example image, invert with DDIM at cfg 1, sample back; save both latents."""
     model = ["patch", 0] if model_patch else ["ckpt", 0]
     graph = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
         "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
         "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
         "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["ckpt", 1]}},
@@ -129,7 +129,7 @@ def test_vrg_is_appended_to_every_scheduler_dropdown(object_info):
 
 def calibration_graph(name: str, batch: int, points: int) -> dict:
     return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
         "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
         "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
         "batch": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["latent", 0], "amount": batch}},
@@ -147,7 +147,7 @@ def test_calibration_of_8_latents_on_32_levels_writes_one_profile_file(comfy):
     comfy.run(calibration_graph("calibration_test", batch=8, points=32))
     assert {p.name for p in set(folder.glob("*")) - before} == {"calibration_test.safetensors"}
     graph = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
         "load": {"class_type": "ErrorControlVRGLoadProfile", "inputs": {"model": ["ckpt", 0],
                                                                         "profile_name": "calibration_test.safetensors"}},
         "schedule": {"class_type": "ErrorControlVRGScheduler", "inputs": {

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from tools.comfy_host import (
+    CHECKPOINT_NAME,
     LINK_KEYS,
     TINY_OVERRIDES,
     PromptFailed,
@@ -104,7 +105,7 @@ def ui_workflow() -> dict:
 
 
 UI_WORKFLOW_AS_API = {
-    "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+    "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
     "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
     "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
     "7": {"class_type": "KSampler", "inputs": {
