@@ -24,12 +24,18 @@ def schedule(steps: int, flow: bool) -> torch.Tensor:
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64) if flow else karras(steps)
 
 
-def invert_and_reconstruct(denoiser: core.Denoiser, x0: torch.Tensor, steps: int, flow: bool,
-                           eval_at: str = "current") -> torch.Tensor:
-    """Invert ``x0`` up the inversion levels of a ``steps``-step schedule, then walk the same levels back down."""
+def levels(steps: int, flow: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ascending levels to invert along for a ``steps``-step :func:`schedule`, and the same levels back down to 0."""
     up = core.inversion_sigmas(schedule(steps, flow), flow=flow)
-    down = torch.cat([up.flip(0)[:-1], up.new_zeros(1)])
-    return ddim(denoiser, ddim(denoiser, x0, up, flow, eval_at), down, flow)
+    return up, torch.cat([up.flip(0)[:-1], up.new_zeros(1)])
+
+
+def invert_and_reconstruct(denoiser: core.Denoiser, x0: torch.Tensor, steps: int, flow: bool,
+                           eval_at: str = "current", denoiser_back: core.Denoiser | None = None) -> torch.Tensor:
+    """Invert ``x0`` up the inversion levels of a ``steps``-step schedule, then walk the same levels back down (with
+    ``denoiser_back`` if given: e.g. another guidance scale)."""
+    up, down = levels(steps, flow)
+    return ddim(denoiser_back or denoiser, ddim(denoiser, x0, up, flow, eval_at), down, flow)
 
 
 def reconstruction_table(samples: int = 256, seed: int = 0) -> list[dict]:

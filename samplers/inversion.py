@@ -33,18 +33,29 @@ def _level(sigma: Tensor, x: Tensor) -> Tensor:
     return sigma.expand(x.shape[0])
 
 
-def inversion_prediction(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, flow: bool,
-                         eval_at: EvalAt = "current") -> Tensor:
-    """The x̂0 an inversion step from ``sigma`` to ``sigma_next`` uses, under either evaluation convention (module doc)."""
+def evaluation_point(x: Tensor, sigma: Tensor, sigma_next: Tensor, flow: bool, eval_at: EvalAt) -> tuple[Tensor, Tensor]:
+    """The state and ``[B]`` level the model is fed on an inversion step from ``sigma`` to ``sigma_next`` (module doc)."""
     if eval_at == "auto":
         eval_at = "current" if flow else "next"
     if eval_at == "current":
-        return denoiser(x, _level(sigma, x))
+        return x, _level(sigma, x)
     if eval_at != "next":
         raise ValueError(f"eval_at must be 'auto', 'current' or 'next', got {eval_at!r}")
-    feed = x * (input_scale(sigma, flow) / input_scale(sigma_next, flow))
-    eps = eps_from_denoised(feed, denoiser(feed, _level(sigma_next, x)), _level(sigma_next, x), flow)
-    return denoised_from_eps(x, eps, _level(sigma, x), flow)
+    return x * (input_scale(sigma, flow) / input_scale(sigma_next, flow)), _level(sigma_next, x)
+
+
+def carried_prediction(x: Tensor, sigma: Tensor, feed: Tensor, level: Tensor, denoised: Tensor, flow: bool) -> Tensor:
+    """The x̂0 of ``x`` at ``sigma`` that carries the noise the model predicted at ``(feed, level)``."""
+    if feed is x:
+        return denoised
+    return denoised_from_eps(x, eps_from_denoised(feed, denoised, level, flow), _level(sigma, x), flow)
+
+
+def inversion_prediction(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, flow: bool,
+                         eval_at: EvalAt = "current") -> Tensor:
+    """The x̂0 an inversion step from ``sigma`` to ``sigma_next`` uses, under either evaluation convention (module doc)."""
+    feed, level = evaluation_point(x, sigma, sigma_next, flow, eval_at)
+    return carried_prediction(x, sigma, feed, level, denoiser(feed, level), flow)
 
 
 def ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, flow: bool = False, eval_at: EvalAt = "current",

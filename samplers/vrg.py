@@ -23,27 +23,23 @@ Conventions (METHODS.md "VRG"):
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from .artefact import ArtefactFormat
 from .core import Denoiser, check_sigmas, noise_to, ve_sigma
 
-PROFILE_FORMAT = "error_control_samplers.vrg_profile"
-PROFILE_FORMAT_VERSION = "1"
-_TENSORS = ("sigmas", "mse_x0")
 _JSON_TYPES = {"flow": bool, "model": str, "batch_size": int, "seed": int, "conditioning": str, "latent_shape": list,
                "pack_version": str}
 """What each :class:`ErrorProfile` metadata field must be in a file's JSON (a tuple comes back as a list)."""
+PROFILE_FORMAT = ArtefactFormat("error_control_samplers.vrg_profile", "2", ("sigmas", "mse_x0"), _JSON_TYPES,
+                                "VRG error profile", "Choose a profile written by VRG Calibrate, or calibrate again.")
 
 _EDGE = 1e-3
 """Each ratio stops this fraction short of its trust-region edge: tanh is exactly ±1 in float64 once |f| > 19, and a
@@ -149,47 +145,18 @@ class ErrorProfile:
         return self.mse_x0(sigma) / ve_sigma(sigma.to(torch.float64), self.flow) ** 2
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write safetensors (``sigmas``, ``mse_x0``) with JSON metadata, atomically: a temp file beside it, then rename."""
-        path = os.fspath(path)
-        info = json.dumps({k: getattr(self, k) for k in _JSON_TYPES}, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=".vrg-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-        os.close(fd)
-        try:
-            save_file({"sigmas": self.sigmas, "mse_x0": self.mse}, tmp,
-                      metadata={"format": PROFILE_FORMAT, "format_version": PROFILE_FORMAT_VERSION, "profile": info})
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        """Write safetensors (``sigmas``, ``mse_x0``) with the other fields as JSON metadata, atomically."""
+        PROFILE_FORMAT.save(path, {"sigmas": self.sigmas, "mse_x0": self.mse}, {k: getattr(self, k) for k in _JSON_TYPES})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ErrorProfile:
         """Read a profile written by :meth:`save`. Never unpickles; a corrupt or foreign file raises ``ValueError``."""
-        path = os.fspath(path)
-        fix = "Choose a profile written by VRG Calibrate, or calibrate again."
+        tensors, record = PROFILE_FORMAT.load(path, "ErrorProfile.load")
         try:
-            with safe_open(path, framework="pt") as f:
-                meta, keys = f.metadata() or {}, set(f.keys())
-                if meta.get("format") != PROFILE_FORMAT:
-                    raise ValueError(f"ErrorProfile.load: {path} is a safetensors file but not a VRG error profile. {fix}")
-                if meta.get("format_version") != PROFILE_FORMAT_VERSION:
-                    raise ValueError(f"ErrorProfile.load: {path} has profile format {meta.get('format_version')!r}, this "
-                                     f"pack reads {PROFILE_FORMAT_VERSION!r}. Update the pack, or calibrate again.")
-                if keys != set(_TENSORS):
-                    raise ValueError(f"ErrorProfile.load: {path} holds {sorted(keys)}, not {list(_TENSORS)}. {fix}")
-                sigmas, mse = (f.get_tensor(k) for k in _TENSORS)
-        except SafetensorError as e:
-            raise ValueError(f"ErrorProfile.load: {path} is not a readable safetensors file ({e}). {fix}") from e
-        try:
-            info = json.loads(meta.get("profile", ""))
-            if not (isinstance(info, dict) and set(info) == set(_JSON_TYPES)
-                    and all(isinstance(info[k], kind) for k, kind in _JSON_TYPES.items())):
-                raise ValueError(f"unexpected metadata {info!r}")
-            if sigmas.ndim != 1 or not sigmas.is_floating_point() or not mse.is_floating_point():
-                raise ValueError(f"unexpected tensors {sigmas.dtype}{list(sigmas.shape)}, {mse.dtype}{list(mse.shape)}")
-            return cls(sigmas, mse, **info)
-        except ValueError as e:  # json.JSONDecodeError is one
-            raise ValueError(f"ErrorProfile.load: {path} is a damaged VRG error profile: {e}. {fix}") from e
+            return cls(tensors["sigmas"], tensors["mse_x0"], **record)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"ErrorProfile.load: {os.fspath(path)} is a damaged VRG error profile: {e}. "
+                             f"{PROFILE_FORMAT.fix}") from e
 
 
 def _profile_flow(profile: ErrorProfile, flow: bool | None, where: str) -> bool:

@@ -264,10 +264,11 @@ def test_a_failed_save_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _write_profile_like(path, tensors, profile_json, version=vrg.PROFILE_FORMAT_VERSION):
+def _write_profile_like(path, tensors, record_json, version=vrg.PROFILE_FORMAT.version):
     from safetensors.torch import save_file
 
-    save_file(tensors, str(path), metadata={"format": vrg.PROFILE_FORMAT, "format_version": version, "profile": profile_json})
+    save_file(tensors, str(path), metadata={"format": vrg.PROFILE_FORMAT.name, "format_version": version,
+                                            "record": record_json})
 
 
 @pytest.mark.parametrize("content", [b"", b"\x80\x04\x95 pickled", b"{not safetensors", "torch.save", None,

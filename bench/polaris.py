@@ -1,0 +1,102 @@
+"""POLARIS against the inversion baselines on the analytic testbed: reconstruction MSE after invert → denoise.
+
+Baselines (EVAL.md, METHODS.md "POLARIS"), all deterministic DDIM/Euler on the same levels and the same x0:
+
+* ``standard``: inversion at cfg 1, reconstruction at the user's cfg (the common recipe);
+* ``cfg w → w``: both passes at the user's cfg;
+* ``cfg 1 → 1``: no guidance at all (reconstructs best, but applies no prompt);
+* ``FlipSigmas + euler``: the standard recipe with the model evaluated at the current level, as ComfyUI users run it;
+* ``fixed mean ω``: both passes at the mean of POLARIS' own ω per sample: separates "per-step ω" from "less guidance".
+
+Denoisers: the exact class-conditional pair, and the same pair with independent smooth errors on cond and uncond
+(``gmm.perturbed_pair``), which CFG amplifies as it does in real models.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from samplers import core
+from samplers.inversion import reconstruction_error
+from samplers.polaris import polaris_denoise, polaris_invert
+
+from .inversion import invert_and_reconstruct, levels
+from .testbeds import gmm
+
+STEP_COUNTS = (10, 20, 50)
+CFG = 5.0
+PERTURBATION = 0.05
+
+
+def polaris_round_trip(pair: core.PairDenoiser, x0: torch.Tensor, steps: int, flow: bool, **options) -> tuple:
+    """POLARIS inversion then time-aligned replay; returns the reconstruction and the trace."""
+    z, trace = polaris_invert(pair, x0, levels(steps, flow)[0], flow, **options)
+    return polaris_denoise(pair, z, trace), trace
+
+
+def cfg_round_trip(pair: core.PairDenoiser, x0: torch.Tensor, steps: int, flow: bool, invert_cfg, denoise_cfg,
+                   eval_at: str = "auto") -> torch.Tensor:
+    """DDIM inversion at ``invert_cfg``, reconstruction at ``denoise_cfg`` (floats or per-sample ``[B]`` tensors)."""
+    eval_at = ("current" if flow else "next") if eval_at == "auto" else eval_at
+    return invert_and_reconstruct(core.guided(pair, invert_cfg), x0, steps, flow, eval_at, core.guided(pair, denoise_cfg))
+
+
+def method_errors(pair: core.PairDenoiser, x0: torch.Tensor, steps: int, flow: bool, cfg: float = CFG) -> dict:
+    """Mean reconstruction MSE of every method on one pair, one x0 batch, one step count; mean ω of POLARIS too."""
+    polaris, trace = polaris_round_trip(pair, x0, steps, flow)
+    mean_omega = trace.omega.mean(0)
+    out = {"POLARIS": polaris,
+           "POLARIS dynamic": polaris_round_trip(pair, x0, steps, flow, solver="dynamic")[0],
+           "POLARIS, eval at next level": polaris_round_trip(pair, x0, steps, flow, eval_at="next")[0],
+           f"standard (cfg 1 → {cfg:g})": cfg_round_trip(pair, x0, steps, flow, 1.0, cfg),
+           f"FlipSigmas + euler (cfg 1 → {cfg:g})": cfg_round_trip(pair, x0, steps, flow, 1.0, cfg, "current"),
+           f"cfg {cfg:g} → {cfg:g}": cfg_round_trip(pair, x0, steps, flow, cfg, cfg),
+           "cfg 1 → 1": cfg_round_trip(pair, x0, steps, flow, 1.0, 1.0),
+           "fixed mean ω (control)": cfg_round_trip(pair, x0, steps, flow, mean_omega, mean_omega, "current")}
+    if flow:
+        out["POLARIS eps-space"] = polaris_round_trip(pair, x0, steps, flow, space="eps")[0]
+    errors = {name: reconstruction_error(x0, rec).mean().item() for name, rec in out.items()}
+    errors["mean ω"] = trace.omega.mean().item()
+    return errors
+
+
+def reconstruction_rows(seeds: tuple[int, ...] = (0, 1, 2), samples: int = 128, steps: tuple[int, ...] = STEP_COUNTS,
+                        cfg: float = CFG) -> list[dict]:
+    """One row per (family, denoiser, method, steps): mean and std over seeds (a seed draws the mixture and x0)."""
+    runs: dict[tuple, list[float]] = {}
+    for seed in seeds:
+        mixture = gmm.make_mixture(dim=16, n_classes=3, components_per_class=2, seed=seed)
+        x0 = mixture.sample(samples, torch.Generator().manual_seed(seed + 100), cls=1)
+        for flow in (False, True):
+            exact = mixture.pair_denoiser(1, flow)
+            pairs = {"exact": exact, "perturbed": gmm.perturbed_pair(exact, 16, seed, PERTURBATION, flow)}
+            for denoiser, pair in pairs.items():
+                for n in steps:
+                    for method, value in method_errors(pair, x0, n, flow, cfg).items():
+                        runs.setdefault(("flow" if flow else "eps", denoiser, method, n), []).append(value)
+    return [{"family": family, "denoiser": denoiser, "method": method, "steps": n, "mse": statistics.mean(values),
+             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "seeds": len(values)}
+            for (family, denoiser, method, n), values in runs.items()]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Methods down, step counts across, one block per family and denoiser; ``mean ± std over seeds``."""
+    steps = sorted({r["steps"] for r in rows})
+    lines = []
+    for family, denoiser in dict.fromkeys((r["family"], r["denoiser"]) for r in rows):
+        block = [r for r in rows if r["family"] == family and r["denoiser"] == denoiser]
+        seeds = block[0]["seeds"]
+        lines += [f"**{family}, {denoiser} denoiser** (reconstruction MSE, mean ± std over {seeds} seeds)", "",
+                  "| method | " + " | ".join(f"{n} steps" for n in steps) + " |", "|---|" + "---|" * len(steps)]
+        for method in dict.fromkeys(r["method"] for r in block):
+            cells = {r["steps"]: r for r in block if r["method"] == method}
+            fmt = "{mse:.3g}" if method == "mean ω" else "{mse:.3g} ± {std:.2g}"
+            lines.append(f"| {method} | " + " | ".join(fmt.format(**cells[n]) for n in steps) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table(reconstruction_rows()))

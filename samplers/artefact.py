@@ -1,0 +1,68 @@
+"""The pack's files: safetensors tensors plus one JSON record in the metadata, written atomically, read strictly.
+
+Every artefact (a VRG error profile, a POLARIS trace) is a safetensors file whose metadata holds ``format``,
+``format_version`` and ``record``, a JSON object of plain fields with fixed types. Reading never unpickles, and any file
+that is not exactly such an artefact, or is truncated or damaged, raises a ``ValueError`` that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ArtefactFormat:
+    """What one kind of artefact holds: its format tag and version, tensor names, and the JSON type of each field."""
+
+    name: str
+    version: str
+    tensors: tuple[str, ...]
+    fields: dict[str, type]
+    what: str  # for messages, e.g. "VRG error profile"
+    fix: str  # what the user can do about a bad file
+
+    def save(self, path: str | os.PathLike, tensors: dict[str, Tensor], record: dict) -> None:
+        """Write atomically: a temp file beside ``path``, then a rename, so no reader ever sees half a file."""
+        path = os.fspath(path)
+        metadata = {"format": self.name, "format_version": self.version,
+                    "record": json.dumps({k: record[k] for k in self.fields}, sort_keys=True)}
+        fd, tmp = tempfile.mkstemp(prefix=".error-control-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+        os.close(fd)
+        try:
+            save_file({k: tensors[k].contiguous() for k in self.tensors}, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def load(self, path: str | os.PathLike, where: str) -> tuple[dict[str, Tensor], dict]:
+        """Tensors and record of a file written by :meth:`save`; ``ValueError`` naming ``where`` for anything else."""
+        path = os.fspath(path)
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta, keys = f.metadata() or {}, set(f.keys())
+                if meta.get("format") != self.name:
+                    raise ValueError(f"{where}: {path} is a safetensors file but not a {self.what}. {self.fix}")
+                if meta.get("format_version") != self.version:
+                    raise ValueError(f"{where}: {path} has {self.what} format {meta.get('format_version')!r}, this pack "
+                                     f"reads {self.version!r}. Update the pack, or make the file again.")
+                if keys != set(self.tensors):
+                    raise ValueError(f"{where}: {path} holds {sorted(keys)}, not {list(self.tensors)}. {self.fix}")
+                tensors = {k: f.get_tensor(k) for k in self.tensors}
+        except SafetensorError as e:
+            raise ValueError(f"{where}: {path} is not a readable safetensors file ({e}). {self.fix}") from e
+        try:
+            record = json.loads(meta.get("record", ""))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: {path} is a damaged {self.what}: {e}. {self.fix}") from e
+        if not (isinstance(record, dict) and set(record) == set(self.fields)
+                and all(isinstance(record[k], kind) for k, kind in self.fields.items())):
+            raise ValueError(f"{where}: {path} is a damaged {self.what}: unexpected metadata {record!r}. {self.fix}")
+        return tensors, record
