@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import comfy.model_management
 import comfy.model_sampling
-import comfy.sample
 import comfy.samplers
+import latent_preview
 import torch
 from torch import Tensor
 
-from ..samplers.core import Denoiser
+from ..samplers.core import Denoiser, PairDenoiser
+
+PACK_VERSION = "0.2.0"  # as in pyproject.toml; artefacts record it
 
 
 def is_flow(model_sampling: object) -> bool:
@@ -46,10 +49,72 @@ def model_is_flow(model_patcher) -> bool:
     return is_flow(model_patcher.get_model_object("model_sampling"))
 
 
+def scheduler_sigmas(model_patcher, scheduler: str, steps: int, denoise: float, node: str) -> Tensor:
+    """A schedule as BasicScheduler builds it (``denoise < 1`` keeps the last ``steps`` levels of a longer one), on CPU."""
+    if steps < 1:
+        raise ValueError(f"{node}: input 'steps' must be >= 1, got {steps}.")
+    if not 0 < denoise <= 1:
+        raise ValueError(f"{node}: input 'denoise' must be in (0, 1], got {denoise}.")
+    model_sampling = model_patcher.get_model_object("model_sampling")
+    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, int(steps / denoise)).cpu()[-(steps + 1):]
+
+
+def sampler_pair_denoiser(model, extra_args: dict | None, node: str) -> PairDenoiser:
+    """``D(x, σ) -> (D_cond, D_uncond)`` from the wrapped model a sampler function receives: one batched call of the
+    guider, whose CFG combination is intercepted (``sampler_cfg_function``) with the uncond always computed.
+
+    Needs a guider with a negative prompt (CFGGuider, KSampler); post-CFG patches are left out, since the combination
+    they would act on is the caller's to make.
+    """
+    extra_args = dict(extra_args or {})
+    options = dict(extra_args.get("model_options", {}))
+    options.pop("sampler_post_cfg_function", None)
+    captured: dict = {}
+
+    def capture(args: dict) -> Tensor:
+        if args.get("input_uncond") is None:
+            raise ValueError(f"{node}: needs the negative prompt's prediction too. Use CFGGuider (positive and "
+                             "negative) or a KSampler-style node, not BasicGuider.")
+        captured["pair"] = (args["cond_denoised"], args["uncond_denoised"])
+        return args["cond"]
+
+    options.update(sampler_cfg_function=capture, disable_cfg1_optimization=True)
+    extra_args["model_options"] = options
+
+    def pair(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        model(x, sigma, **extra_args)
+        if "pair" not in captured:
+            raise ValueError(f"{node}: the guider did not combine a positive and a negative prediction. Use CFGGuider.")
+        return captured.pop("pair")
+
+    return pair
+
+
+def cfg_guider(model_patcher, positive, negative, cfg: float) -> comfy.samplers.CFGGuider:
+    """ComfyUI's own CFGGuider, as KSampler builds it."""
+    guider = comfy.samplers.CFGGuider(model_patcher)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    return guider
+
+
+def sample_with(guider: comfy.samplers.CFGGuider, latent: Tensor, sigmas: Tensor, sampler_function: Callable,
+                preview: bool = True, seed: int = 0) -> Tensor:
+    """Run a k-diffusion-style ``sampler_function`` inside ComfyUI's own sampling setup: the model loaded by the host's
+    model management, conditioning prepared, the model's patches applied, zero noise added to ``latent`` (a LATENT's
+    samples). With ``preview`` the step callbacks drive a progress bar and latent previews. Returns the LATENT samples
+    as SamplerCustomAdvanced would.
+    """
+    callback = latent_preview.prepare_callback(guider.model_patcher, len(sigmas) - 1) if preview else None
+    samples = guider.sample(torch.zeros_like(latent), latent, comfy.samplers.KSAMPLER(sampler_function), sigmas,
+                            callback=callback, disable_pbar=not preview, seed=seed)
+    return samples.to(comfy.model_management.intermediate_device())
+
+
 def with_guided_denoiser(model_patcher, positive, negative, cfg: float, latent: Tensor, seed: int,
                          work: Callable[[Denoiser, Tensor], None]) -> None:
-    """Run ``work(D, x0)`` inside ComfyUI's own sampling setup: the model loaded by the host's model management,
-    conditioning prepared, cfg and the model's patches applied; ``x0`` is ``latent`` in the model's latent space.
+    """Run ``work(D, x0)`` inside ComfyUI's own sampling setup (:func:`sample_with`, cfg applied); ``x0`` is ``latent``
+    in the model's latent space.
 
     The measurement runs as the sampler of a zero-step-size schedule ``[0, 0]``, at which ComfyUI's noise scaling leaves
     the latent as it is for every model family.
@@ -58,7 +123,28 @@ def with_guided_denoiser(model_patcher, positive, negative, cfg: float, latent: 
         work(sampler_denoiser(model, extra_args), x)
         return x
 
-    sampler = comfy.samplers.KSAMPLER(sampler_function)
-    zeros = torch.zeros_like(latent)
-    comfy.sample.sample_custom(model_patcher, zeros, cfg, sampler, torch.zeros(2), positive, negative, latent,
-                               disable_pbar=True, seed=seed)
+    sample_with(cfg_guider(model_patcher, positive, negative, cfg), latent, torch.zeros(2), sampler_function, False, seed)
+
+
+def sampling_fingerprint(model_sampling) -> str:
+    """What a profile's σ levels depend on: the sampling class and its σ table (or shift), as a short hash."""
+    parts = [type(model_sampling).__name__, f"{float(model_sampling.sigma_min):.6g}", f"{float(model_sampling.sigma_max):.6g}"]
+    table = getattr(model_sampling, "sigmas", None)
+    if isinstance(table, torch.Tensor):
+        parts.append(hashlib.sha256(table.detach().float().cpu().numpy().tobytes()).hexdigest()[:16])
+    return "sampling:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def weights_fingerprint(model_patcher) -> str:
+    """A cheap identity of the weights: shapes and sums of the first tensors of the state dict (patches not applied)."""
+    digest = hashlib.sha256(type(model_patcher.model).__name__.encode())
+    for index, (key, value) in enumerate(sorted(model_patcher.model.state_dict().items())):
+        if index >= 8:
+            break
+        digest.update(f"{key}{tuple(value.shape)}{float(value.detach().float().sum()):.6e}".encode())
+    return "weights:" + digest.hexdigest()[:16]
+
+
+def model_fingerprint(model_patcher) -> str:
+    """What an artefact made with this MODEL records: its sampling and weights fingerprints."""
+    return f"{sampling_fingerprint(model_patcher.get_model_object('model_sampling'))} {weights_fingerprint(model_patcher)}"

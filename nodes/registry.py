@@ -32,9 +32,10 @@ def add_scheduler(name: str, function: Callable) -> None:
 
 
 def register_dropdowns(modules: list) -> None:
-    """Register the ``REGISTRATIONS`` of each node module: ``{"samplers": {name: fn}, "schedulers": {name: fn}}``."""
+    """Register the ``REGISTRATIONS`` of each node module that has them: ``{"samplers": {name: fn}, "schedulers": {...}}``."""
     for module in modules:
-        for name, function in module.REGISTRATIONS.get("samplers", {}).items():
+        registrations = getattr(module, "REGISTRATIONS", {})
+        for name, function in registrations.get("samplers", {}).items():
             add_sampler(name, function)
-        for name, function in module.REGISTRATIONS.get("schedulers", {}).items():
+        for name, function in registrations.get("schedulers", {}).items():
             add_scheduler(name, function)

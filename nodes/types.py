@@ -15,7 +15,9 @@ import folder_paths
 from comfy_api.latest import io
 
 VRGProfile = io.Custom("VRG_PROFILE")
+PolarisTrace = io.Custom("POLARIS_TRACE")
 PROFILE_FOLDER = "vrg_profiles"
+TRACE_FOLDER = "polaris_traces"
 EXTENSION = ".safetensors"
 
 

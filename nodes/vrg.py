@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import logging
 
 import comfy.model_management
@@ -23,39 +22,23 @@ from comfy_api.latest import io
 from ..samplers.core import check_sigmas
 from ..samplers.vrg import ErrorProfile, cumulative_error, default_sigma_grid, measure_error_profile, optimize_sigmas
 from . import types
-from .host import model_is_flow, with_guided_denoiser
+from .host import (
+    PACK_VERSION,
+    model_fingerprint,
+    model_is_flow,
+    sampling_fingerprint,
+    scheduler_sigmas,
+    weights_fingerprint,
+    with_guided_denoiser,
+)
 from .plot import line_plot
 
 CATEGORY = "sampling/error_control/vrg"
 SCHEDULER_NAME = "vrg"
 BASE_SCHEDULER = "normal"
-PACK_VERSION = "0.1.0"
 PROFILE_ATTRIBUTE = "error_control_vrg_profile"
 
 types.register_folder(types.PROFILE_FOLDER)
-
-
-def sampling_fingerprint(model_sampling) -> str:
-    """What a profile's σ levels depend on: the sampling class and its σ table (or shift), as a short hash."""
-    parts = [type(model_sampling).__name__, f"{float(model_sampling.sigma_min):.6g}", f"{float(model_sampling.sigma_max):.6g}"]
-    table = getattr(model_sampling, "sigmas", None)
-    if isinstance(table, torch.Tensor):
-        parts.append(hashlib.sha256(table.detach().float().cpu().numpy().tobytes()).hexdigest()[:16])
-    return "sampling:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def weights_fingerprint(model_patcher) -> str:
-    """A cheap identity of the weights: shapes and sums of the first tensors of the state dict (patches not applied)."""
-    digest = hashlib.sha256(type(model_patcher.model).__name__.encode())
-    for index, (key, value) in enumerate(sorted(model_patcher.model.state_dict().items())):
-        if index >= 8:
-            break
-        digest.update(f"{key}{tuple(value.shape)}{float(value.detach().float().sum()):.6e}".encode())
-    return "weights:" + digest.hexdigest()[:16]
-
-
-def model_fingerprint(model_patcher) -> str:
-    return f"{sampling_fingerprint(model_patcher.get_model_object('model_sampling'))} {weights_fingerprint(model_patcher)}"
 
 
 def with_profile(model_patcher, profile: ErrorProfile):
@@ -80,16 +63,10 @@ def check_profile(profile: ErrorProfile, model_patcher, node: str) -> None:
 
 
 def base_sigmas(model_patcher, scheduler: str, steps: int, denoise: float, node: str) -> torch.Tensor:
-    """The base schedule as BasicScheduler builds it (steps, denoise < 1 keeps the last part)."""
-    if steps < 1:
-        raise ValueError(f"{node}: input 'steps' must be >= 1, got {steps}.")
-    if not 0 < denoise <= 1:
-        raise ValueError(f"{node}: input 'denoise' must be in (0, 1], got {denoise}.")
+    """The base schedule as BasicScheduler builds it; not 'vrg' itself."""
     if scheduler == SCHEDULER_NAME:
         raise ValueError(f"{node}: input 'scheduler' is the base schedule VRG improves; pick one other than 'vrg'.")
-    total = int(steps / denoise)
-    model_sampling = model_patcher.get_model_object("model_sampling")
-    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, total).cpu()[-(steps + 1):]
+    return scheduler_sigmas(model_patcher, scheduler, steps, denoise, node)
 
 
 def schedule_plot(base: torch.Tensor, optimised: torch.Tensor, profile: ErrorProfile) -> torch.Tensor:

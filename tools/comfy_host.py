@@ -462,6 +462,13 @@ class ComfyServer:
                 for item in output.get(kind, [])
                 if item.get("type") == "output"]
 
+    def output_latents(self, history: dict) -> dict[str, torch.Tensor]:
+        """The latents a prompt saved (SaveLatent), by filename prefix, in float64."""
+        from safetensors.torch import load_file
+
+        return {path.name.rsplit("_", 2)[0]: load_file(str(path))["latent_tensor"].double()
+                for path in self.output_files(history, "latents")}
+
     def interrupt(self) -> None:
         """Interrupt the prompt that is running now."""
         requests.post(self.url + "/interrupt", timeout=10).raise_for_status()
@@ -479,6 +486,14 @@ def failure(entry: dict) -> PromptFailed:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Example API graphs (tests, benchmarks)
+
+MODEL_FAMILIES = {
+    "eps": None,
+    "v_prediction": {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "v_prediction", "zsnr": False}},
+    "flow": {"class_type": "ModelSamplingSD3", "inputs": {"shift": 3.0}},
+}
+"""Model patches that turn the tiny EPS checkpoint into each parametrisation (None: as it is)."""
+
 
 def txt2img(steps: int = 4, prefix: str = "txt2img", sampler_name: str = "euler") -> dict:
     """Tiny checkpoint -> 2x CLIPTextEncode, EmptyLatentImage 64x64 -> KSampler -> VAEDecode -> SaveImage."""

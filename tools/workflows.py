@@ -187,7 +187,50 @@ def vrg_saved_profile(g: Graph) -> None:
     decode_and_save(g, ckpt, sampled[0], "vrg/saved_profile", "Sampled on the VRG schedule")
 
 
+TRACE = "polaris_example"
+
+
+def polaris_inversion(g: Graph, source_prompt: str) -> tuple[Node, Node, Node, Node]:
+    """Image → VAE Encode → POLARIS Inversion with the source prompt; returns checkpoint, encoded image, inversion, negative."""
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    latent = g.add("VAEEncode", pixels=g.add("LoadImage", image=EXAMPLE_IMAGE)[0], vae=ckpt[2])
+    source = g.add("CLIPTextEncode", title="Source prompt (describes the image)", text=source_prompt, clip=ckpt[1])
+    negative = g.add("CLIPTextEncode", title="Negative prompt", text="", clip=ckpt[1])
+    inversion = g.add("ErrorControlPolarisInversion", model=ckpt[0], positive=source[0], negative=negative[0],
+                      latent=latent[0], steps=50, scheduler="normal")
+    g.add("SaveImage", title="omega per step", images=inversion[2], filename_prefix="polaris/omega")
+    decode_and_save(g, ckpt, latent[0], "polaris/input", "Input (VAE round trip)")
+    return ckpt, source, inversion, negative
+
+
+def polaris_reconstruct(g: Graph) -> None:
+    """POLARIS inversion → POLARIS Denoise with the same prompt: the reconstruction beside the input; the trace is saved."""
+    ckpt, source, inversion, negative = polaris_inversion(g, "a photo")
+    g.add("ErrorControlPolarisSaveTrace", trace=inversion[1], trace_name=TRACE)
+    rebuilt = g.add("ErrorControlPolarisDenoise", model=ckpt[0], positive=source[0], negative=negative[0],
+                    trace=inversion[1])
+    decode_and_save(g, ckpt, rebuilt[0], "polaris/reconstruction", "Reconstruction")
+
+
+def polaris_edit(g: Graph) -> None:
+    """Invert with the source prompt, denoise with an edited one: POLARIS Denoise, and the same through
+    POLARIS Replay + SamplerCustomAdvanced."""
+    ckpt, _, inversion, negative = polaris_inversion(g, "a photo of a cat")
+    edit = g.add("CLIPTextEncode", title="Edited prompt", text="a photo of a dog", clip=ckpt[1])
+    edited = g.add("ErrorControlPolarisDenoise", model=ckpt[0], positive=edit[0], negative=negative[0],
+                   trace=inversion[1], cfg=7.0, blend=0.2)
+    decode_and_save(g, ckpt, edited[0], "polaris/edit", "Edit (POLARIS Denoise)")
+    guider = g.add("ErrorControlPolarisReplay", model=ckpt[0], positive=edit[0], negative=negative[0],
+                   trace=inversion[1], cfg=7.0, blend=0.2)
+    replayed = g.add("SamplerCustomAdvanced", title="Edit (SamplerCustomAdvanced)", noise=g.add("DisableNoise")[0],
+                     guider=guider[0], sampler=g.add("KSamplerSelect", sampler_name="euler")[0],
+                     sigmas=g.add("ErrorControlPolarisTraceSigmas", trace=inversion[1])[0], latent_image=inversion[0])
+    decode_and_save(g, ckpt, replayed[0], "polaris/edit_custom", "Edit (POLARIS Replay guider)")
+
+
 WORKFLOWS = {"ddim_inversion_reconstruct": ddim_inversion_reconstruct,
+             "polaris_reconstruct": polaris_reconstruct,
+             "polaris_edit": polaris_edit,
              "vrg_calibrate_and_sample": vrg_calibrate_and_sample,
              "vrg_saved_profile": vrg_saved_profile}
 

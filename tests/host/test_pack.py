@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tools.comfy_host import CHECKPOINT_NAME, TINY_OVERRIDES, PromptFailed, txt2img, ui_to_api
+from tools.comfy_host import CHECKPOINT_NAME, MODEL_FAMILIES, TINY_OVERRIDES, PromptFailed, txt2img, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -95,26 +94,13 @@ def round_trip_graph(steps: int, model_patch: dict | None, eval_at: str, prefix:
     return graph
 
 
-FAMILIES = {
-    "eps": None,
-    "v_prediction": {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "v_prediction", "zsnr": False}},
-    "flow": {"class_type": "ModelSamplingSD3", "inputs": {"shift": 3.0}},
-}
-
-
-def saved_latents(comfy, history: dict) -> dict:
-    """The latents a prompt saved, by filename prefix."""
-    return {path.name.rsplit("_", 2)[0]: load_file(str(path))["latent_tensor"].double()
-            for path in comfy.output_files(history, "latents")}
-
-
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
 def test_inversion_round_trip_converges_with_steps_for_every_family(comfy, family):
     errors = {}
     for steps in (5, 40):
         prefix = f"roundtrip_{family}_{steps}"
-        history = comfy.run(round_trip_graph(steps, FAMILIES[family], "auto (next for EPS/V, current for flow)", prefix))
-        latents = saved_latents(comfy, history)
+        history = comfy.run(round_trip_graph(steps, MODEL_FAMILIES[family], "auto (next for EPS/V, current for flow)", prefix))
+        latents = comfy.output_latents(history)
         x0, noise, x0_back = (latents[f"{prefix}_{part}"] for part in ("in", "noise", "out"))
         assert torch.isfinite(noise).all() and noise.std() > x0.std()  # it really went up to noise
         errors[steps] = ((x0_back - x0) ** 2).mean().item()

@@ -1,0 +1,141 @@
+"""POLARIS in a real ComfyUI: inversion → replay for every parametrisation, both replay paths, traces across prompts."""
+
+import pytest
+import torch
+
+from tools.comfy_host import CHECKPOINT_NAME, MODEL_FAMILIES, PromptFailed
+
+
+def base_graph(family_patch: dict | None) -> dict:
+    """Tiny checkpoint (patched to a family), the encoded example image, a prompt and an empty negative."""
+    graph = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
+        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
+        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["ckpt", 1]}},
+        "empty": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+    }
+    if family_patch:
+        graph["patch"] = {**family_patch, "inputs": {**family_patch["inputs"], "model": ["ckpt", 0]}}
+    return graph
+
+
+def model_of(graph: dict) -> list:
+    return ["patch", 0] if "patch" in graph else ["ckpt", 0]
+
+
+def polaris_graph(steps: int, family_patch: dict | None, prefix: str) -> dict:
+    """Invert with POLARIS, denoise with POLARIS Denoise and with POLARIS Replay + SamplerCustomAdvanced; save the
+    trace as ``prefix`` and the latents as ``prefix_in``, ``_noise``, ``_out``, ``_custom``."""
+    graph = base_graph(family_patch)
+    model, conds = model_of(graph), {"positive": ["text", 0], "negative": ["empty", 0]}
+    replay = {"model": model, **conds, "trace": ["invert", 1], "cfg": 7.0, "blend": 0.0}
+    graph.update({
+        "invert": {"class_type": "ErrorControlPolarisInversion", "inputs": {
+            "model": model, **conds, "latent": ["latent", 0], "steps": steps, "scheduler": "normal",
+            "solver": "least_squares", "eval_at": "current level (ComfyUI, FlipSigmas + euler)", "space": "v",
+            "omega_start": 1.0}},
+        "denoise": {"class_type": "ErrorControlPolarisDenoise", "inputs": replay},
+        "guider": {"class_type": "ErrorControlPolarisReplay", "inputs": replay},
+        "sigmas": {"class_type": "ErrorControlPolarisTraceSigmas", "inputs": {"trace": ["invert", 1]}},
+        "nonoise": {"class_type": "DisableNoise", "inputs": {}},
+        "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "custom": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["euler", 0], "sigmas": ["sigmas", 0],
+            "latent_image": ["invert", 0]}},
+        "save_trace": {"class_type": "ErrorControlPolarisSaveTrace", "inputs": {"trace": ["invert", 1],
+                                                                                "trace_name": prefix}},
+        "plot": {"class_type": "PreviewImage", "inputs": {"images": ["invert", 2]}},
+    })
+    for part, source in (("in", "latent"), ("noise", "invert"), ("out", "denoise"), ("custom", "custom")):
+        graph[f"save_{part}"] = {"class_type": "SaveLatent", "inputs": {"samples": [source, 0],
+                                                                        "filename_prefix": f"{prefix}_{part}"}}
+    return graph
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_polaris_round_trip_converges_and_both_replay_paths_agree(comfy, family):
+    errors = {}
+    for steps in (4, 20):
+        prefix = f"polaris_{family}_{steps}"
+        latents = comfy.output_latents(comfy.run(polaris_graph(steps, MODEL_FAMILIES[family], prefix)))
+        x0, noise, out, custom = (latents[f"{prefix}_{part}"] for part in ("in", "noise", "out", "custom"))
+        assert torch.isfinite(noise).all() and noise.std() > x0.std()  # it really went up to noise
+        # POLARIS Denoise and POLARIS Replay + SamplerCustomAdvanced walk the same levels with the same ω; they differ
+        # only in float32 rounding (DDIM's a'·x̂0 + σ'·ε̂ against euler's x + d·Δσ, and the LATENT scaling in between)
+        torch.testing.assert_close(custom, out, rtol=0, atol=1e-3 * float(x0.abs().max()))
+        errors[steps] = ((out - x0) ** 2).mean().item()
+    assert errors[20] < errors[4], errors
+
+
+def load_and_denoise(name: str, prefix: str, family_patch: dict | None = None) -> dict:
+    graph = base_graph(family_patch)
+    graph.update({
+        "load": {"class_type": "ErrorControlPolarisLoadTrace", "inputs": {"model": model_of(graph),
+                                                                          "trace_name": f"{name}.safetensors"}},
+        "denoise": {"class_type": "ErrorControlPolarisDenoise", "inputs": {
+            "model": model_of(graph), "positive": ["text", 0], "negative": ["empty", 0], "trace": ["load", 0],
+            "cfg": 7.0, "blend": 0.0}},
+        "save_out": {"class_type": "SaveLatent", "inputs": {"samples": ["denoise", 0], "filename_prefix": f"{prefix}_out"}},
+        "save_noise": {"class_type": "SaveLatent", "inputs": {"samples": ["load", 1], "filename_prefix": f"{prefix}_noise"}},
+    })
+    return graph
+
+
+def test_a_trace_saved_in_one_prompt_is_replayed_in_another(comfy):
+    first = comfy.output_latents(comfy.run(polaris_graph(8, None, "polaris_shared")))
+    assert (comfy.base_dir / "models" / "polaris_traces" / "polaris_shared.safetensors").is_file()
+    second = comfy.output_latents(comfy.run(load_and_denoise("polaris_shared", "polaris_loaded")))
+    assert torch.equal(second["polaris_loaded_out"], first["polaris_shared_out"])
+    assert torch.equal(second["polaris_loaded_noise"], first["polaris_shared_noise"])
+
+
+def test_a_trace_made_with_a_flow_model_is_refused_by_an_eps_model(comfy):
+    comfy.run(polaris_graph(3, MODEL_FAMILIES["flow"], "polaris_flow_trace"))
+    with pytest.raises(PromptFailed, match="POLARIS Load Trace: input 'trace' was made with a flow model, but this "
+                                           "model is EPS/V. Invert the image with this model"):
+        comfy.run(load_and_denoise("polaris_flow_trace", "polaris_refused"))
+    assert comfy.run(load_and_denoise("polaris_flow_trace", "polaris_flow_ok", MODEL_FAMILIES["flow"]))
+
+
+def test_load_trace_offers_only_files_of_its_folder(comfy):
+    with pytest.raises(PromptFailed, match="POLARIS Load Trace: input 'trace_name': no file '../../user"):
+        comfy.run(load_and_denoise("../../user/default/comfy.settings", "polaris_escape"))
+
+
+def sampler_graph(guider: dict, trace_name: str) -> dict:
+    graph = base_graph(None)
+    graph.update({
+        "guider": guider,
+        "schedule": {"class_type": "BasicScheduler", "inputs": {"model": ["ckpt", 0], "scheduler": "normal", "steps": 4,
+                                                                "denoise": 1.0}},
+        "levels": {"class_type": "ErrorControlInversionSigmas", "inputs": {"model": ["ckpt", 0], "sigmas": ["schedule", 0]}},
+        "nonoise": {"class_type": "DisableNoise", "inputs": {}},
+        "inverter": {"class_type": "ErrorControlPolarisInversionSampler", "inputs": {
+            "solver": "least_squares", "eval_at": "current level (ComfyUI, FlipSigmas + euler)", "space": "v",
+            "omega_start": 1.0, "trace_name": trace_name}},
+        "invert": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["inverter", 0], "sigmas": ["levels", 0],
+            "latent_image": ["latent", 0]}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["invert", 0], "filename_prefix": trace_name}},
+    })
+    return graph
+
+
+def test_the_inversion_sampler_writes_its_trace_and_needs_a_negative_prompt(comfy):
+    cfg_guider = {"class_type": "CFGGuider", "inputs": {"model": ["ckpt", 0], "positive": ["text", 0],
+                                                        "negative": ["empty", 0], "cfg": 1.0}}
+    comfy.run(sampler_graph(cfg_guider, "polaris_sampler_trace"))
+    assert comfy.run(load_and_denoise("polaris_sampler_trace", "polaris_sampler_replayed"))
+    basic = {"class_type": "BasicGuider", "inputs": {"model": ["ckpt", 0], "conditioning": ["text", 0]}}
+    with pytest.raises(PromptFailed, match="POLARIS Inversion \\(sampler\\): needs the negative prompt's prediction"):
+        comfy.run(sampler_graph(basic, "polaris_basic_guider"))
+
+
+def test_replaying_on_a_latent_of_another_size_says_so(comfy):
+    graph = polaris_graph(3, None, "polaris_wrong_size")
+    graph["other"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 64, "batch_size": 1}}
+    graph["custom"]["inputs"]["latent_image"] = ["other", 0]
+    with pytest.raises(PromptFailed, match=r"POLARIS Replay: the latent has shape \(1, 4, 8, 16\), the trace was made "
+                                           r"for \(1, 4, 8, 8\)"):
+        comfy.run(graph)
