@@ -228,11 +228,37 @@ def polaris_edit(g: Graph) -> None:
     decode_and_save(g, ckpt, replayed[0], "polaris/edit_custom", "Edit (POLARIS Replay guider)")
 
 
+def noise_awareness_guidance(g: Graph) -> None:
+    """KSampler with and without the Noise Awareness Guidance patch, and the Noise Shift Meter (plain vs guided) beside
+    them on a VRG profile calibrated from encoded images."""
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
+    latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    patched = g.add("ErrorControlNoiseAwarenessGuidance", model=ckpt[0], strength=0.5, mode="fixed", delta=0.15,
+                    start_percent=0.5, end_percent=1.0)
+    for label, model in (("plain", ckpt[0]), ("noise_awareness_guidance", patched[0])):
+        sampled = g.add("KSampler", title=f"KSampler ({label.replace('_', ' ')})", model=model, positive=positive[0],
+                        negative=negative[0], latent_image=latent[0], seed=7, steps=20, cfg=7.0, sampler_name="euler",
+                        scheduler="normal")
+        decode_and_save(g, ckpt, sampled[0], f"nag/{label}", f"Sampled ({label.replace('_', ' ')})")
+    image = g.add("LoadImage", image=EXAMPLE_IMAGE)
+    clean = g.add("RepeatLatentBatch", title="Clean latents (use 4–16 of your own images)",
+                  samples=g.add("VAEEncode", pixels=image[0], vae=ckpt[2])[0], amount=4)
+    empty_prompt = g.add("CLIPTextEncode", title="Empty prompt (calibration)", text="", clip=ckpt[1])
+    calibrate = g.add("ErrorControlVRGCalibrate", model=ckpt[0], latent=clean[0], positive=empty_prompt[0],
+                      grid_points=32, profile_name="nag_meter_profile")
+    meter = g.add("ErrorControlNoiseShiftMeter", model=ckpt[0], positive=positive[0], negative=negative[0],
+                  latent_image=latent[0], seed=7, steps=20, cfg=7.0, sampler_name="euler", scheduler="normal",
+                  strength=0.5, mode="fixed", delta=0.15, start_percent=0.5, end_percent=1.0, profile=calibrate[1])
+    g.add("SaveImage", title="Noise shift: scheduled vs estimated sigma", images=meter[0], filename_prefix="nag/noise_shift")
+
+
 WORKFLOWS = {"ddim_inversion_reconstruct": ddim_inversion_reconstruct,
              "polaris_reconstruct": polaris_reconstruct,
              "polaris_edit": polaris_edit,
              "vrg_calibrate_and_sample": vrg_calibrate_and_sample,
-             "vrg_saved_profile": vrg_saved_profile}
+             "vrg_saved_profile": vrg_saved_profile,
+             "noise_awareness_guidance": noise_awareness_guidance}
 
 
 def main() -> None:

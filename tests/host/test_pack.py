@@ -11,7 +11,12 @@ from tools.comfy_host import CHECKPOINT_NAME, MODEL_FAMILIES, TINY_OVERRIDES, Pr
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 PACK_NODES = {"ErrorControlDDIMInversionSampler", "ErrorControlInversionSigmas", "ErrorControlVRGCalibrate",
-              "ErrorControlVRGLoadProfile", "ErrorControlVRGScheduler", "ErrorControlVRGOptimizeSigmas"}
+              "ErrorControlVRGLoadProfile", "ErrorControlVRGScheduler", "ErrorControlVRGOptimizeSigmas",
+              "ErrorControlPolarisInversion", "ErrorControlPolarisDenoise", "ErrorControlPolarisInversionSampler",
+              "ErrorControlPolarisReplay", "ErrorControlPolarisTraceSigmas", "ErrorControlPolarisSaveTrace",
+              "ErrorControlPolarisLoadTrace", "ErrorControlNoiseAwarenessGuidance", "ErrorControlNoiseAwarenessGuider",
+              "ErrorControlNoiseShiftMeter"}
+LINK_TYPES = {"MODEL", "CONDITIONING", "LATENT", "SIGMAS", "IMAGE", "GUIDER", "SAMPLER", "VRG_PROFILE", "POLARIS_TRACE"}
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +29,17 @@ def test_every_pack_node_is_registered_in_its_category(object_info):
     for node in PACK_NODES:
         assert object_info[node]["category"].startswith("sampling/error_control")
         assert object_info[node]["description"]
+
+
+def test_every_pack_node_has_a_doc_page_and_every_widget_a_tooltip(object_info):
+    ours = {name for name, info in object_info.items() if info["category"].startswith("sampling/error_control")}
+    assert PACK_NODES <= ours
+    for node in ours:
+        assert (REPO / "web" / "docs" / f"{node}.md").is_file(), node
+        inputs = {**object_info[node]["input"]["required"], **object_info[node]["input"].get("optional", {})}
+        for name, spec in inputs.items():
+            if spec[0] not in LINK_TYPES:
+                assert spec[1].get("tooltip"), f"{node}.{name} has no tooltip"
 
 
 def combo(object_info: dict, node: str, name: str) -> list:

@@ -1,0 +1,137 @@
+"""Noise Awareness Guidance (Zhong et al. 2025, "Noise Awareness Guidance: Mitigating Noise Shift in Diffusion Sampling",
+arXiv 2510.12497, ICLR 2026), training-free form (METHODS.md "NAG").
+
+*Noise shift*: accumulated error leaves the state noisier than scheduled, ``σ_actual² = σ² + σ_e²`` (paper sec. 3). The
+paper steers the state back with guidance along the noise-condition axis, ``s_w(x|σ) = (w+1)·s(x|σ) - w·s(x)`` (paper
+eq. 9, classifier-free form), ``s(x)`` being the model with its noise condition dropped. Off-the-shelf checkpoints have no
+such branch, so the model's own score at a level ``σ_u ≥ σ`` on the same state stands in for ``s(x)``. Scores are mixed
+(``score = (D - x)/σ²`` in VE), which in denoised space reads
+
+    D_nag = D_cfg + w·[(D_c - x) - (σ²/σ_u²)·(D_u - x)],    D_u = D(x, σ_u)
+
+with ``D_c`` the conditional prediction at σ and ``D_cfg`` the guided one. For Gaussian data ``x0 ~ N(0, s²)`` the bracket
+is ``-σ²·(1/(s²+σ²) - 1/(s²+σ_u²))·x``: it shrinks the state, i.e. removes excess noise (mixing denoised values or eps
+instead pushes the other way). ``σ_u``:
+
+* ``fixed``: ``σ·e^δ``;
+* ``adaptive``: the noise level the state actually shows, :func:`estimate_sigma`, from the residual energy against the
+  model's calibrated error profile (``samplers.vrg.ErrorProfile``), floored at ``σ·e^δ``. Where the state is no noisier
+  than scheduled ``σ_u`` is the floor, so ``δ = 0`` makes the guidance a no-op there.
+
+The bracket is about ``w·(1 - σ²/σ_u²)`` of the score at high σ, where it overshoots: keep that product ≈ 0.05–0.15 and
+apply the guidance in a σ window (the later part of sampling, where the shift is largest). Cost: one extra model call
+(conditional only) per guided step.
+
+Flow (CONST) models run the same formulas on the mapped VE state (:func:`samplers.core.flow_to_ve`); their ``D_u`` is the
+model at ``s_u = σ_u/(1+σ_u)`` on ``x_u = (1-s_u)·x_ve``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .core import Denoiser, PairDenoiser, append_dims, cfg_mix, flow_to_ve, ve_sigma, ve_to_flow
+from .vrg import ErrorProfile
+
+Mode = Literal["fixed", "adaptive"]
+MIN_SLOPE = 0.05
+"""Floor of ``g/σ²`` in :func:`estimate_sigma`: a profile whose error reaches σ² (a model no better than the noisy
+input) would otherwise divide by zero."""
+
+
+def _ve(x: Tensor, sigma: Tensor, flow: bool) -> tuple[Tensor, Tensor]:
+    """The VE state and ``[B]`` VE level of a state in either parametrisation."""
+    return flow_to_ve(x, sigma) if flow else (x, sigma)
+
+
+def residual_energy(x_ve: Tensor, denoised: Tensor) -> Tensor:
+    """``m = mean((x_ve - D)²)`` over all but the batch dimension, ``[B]``."""
+    return (x_ve - denoised).flatten(1).square().mean(1)
+
+
+def estimate_sigma(x: Tensor, denoised: Tensor, sigma: Tensor, profile: ErrorProfile, flow: bool | None = None) -> Tensor:
+    """The noise level ``x`` actually carries, from the residual energy of the model's prediction ``D(x, σ)``, ``[B]``.
+
+    For a prediction as good as the calibration says, ``E(x - D)² = σ² - mse_x0(σ) =: g(σ)`` per dimension (the residual
+    is orthogonal to the prediction error), METHODS.md "NAG". More noise ``σ_a > σ`` raises the residual energy ``m``;
+    for Gaussian data it is linear in ``σ_a²`` with slope ``(g/σ²)²``, so
+
+        σ̂² = σ² + (m - g)·(σ²/g)²
+
+    is exact there (first order otherwise). METHODS.md's ``σ² + (m - g)`` is its high-σ limit (``g → σ²``) and
+    underestimates the excess at low σ, where the shift is largest (paper sec. 3, fig. 2). ``g/σ²`` is floored at
+    :data:`MIN_SLOPE`. ``x``, ``denoised``: ``[B, ...]``; ``sigma``: ``[B]`` in the model's parametrisation (flow: s < 1),
+    and the result is too (flow: ``ŝ = σ̂/(1+σ̂)``). ``flow`` defaults to the profile's and must agree with it.
+    """
+    if flow is not None and flow != profile.flow:
+        raise ValueError(f"estimate_sigma: the error profile was made for a {'flow' if profile.flow else 'EPS/V'} model, "
+                         f"used with a {'flow' if flow else 'EPS/V'} one. Calibrate this model with VRG Calibrate.")
+    flow = profile.flow
+    x_ve, sigma_ve = _ve(x, sigma, flow)
+    g = sigma_ve**2 - profile.mse_x0(sigma).to(x_ve)
+    slope = (g / sigma_ve**2).clamp(MIN_SLOPE, 1.0)
+    variance = sigma_ve**2 + (residual_energy(x_ve, denoised) - g) / slope**2
+    sigma_hat = variance.clamp_min(0).sqrt()
+    return sigma_hat / (1 + sigma_hat) if flow else sigma_hat
+
+
+def in_window(sigma: Tensor, window: tuple[float, float] | None, flow: bool = False) -> bool:
+    """Whether every level of ``sigma`` lies in ``window = (low, high)`` (inclusive, the model's parametrisation) and the
+    guidance is defined there (σ > 0; flow: s < 1, a finite VE level). One host sync: it decides whether to call the model."""
+    low, high = (0.0, math.inf) if window is None else window
+    top = 1.0 if flow else math.inf
+    return bool(((sigma >= low) & (sigma <= high) & (sigma > 0) & (sigma < top)).all())
+
+
+def unconditional_level(sigma_ve: Tensor, mode: Mode, delta: float, estimated_ve: Tensor | None = None) -> Tensor:
+    """σ_u in VE: ``σ·e^δ`` (fixed), or ``max(σ̂, σ·e^δ)`` (adaptive, ``estimated_ve`` = σ̂) (module doc)."""
+    floor = sigma_ve * math.exp(delta)
+    if mode == "fixed":
+        return floor
+    if mode != "adaptive":
+        raise ValueError(f"Noise Awareness Guidance: mode must be 'fixed' or 'adaptive', got {mode!r}.")
+    return torch.maximum(estimated_ve, floor)
+
+
+def nag_denoise(denoiser: Denoiser, x: Tensor, sigma: Tensor, denoised: Tensor, denoised_cond: Tensor, strength: float,
+                mode: Mode = "fixed", delta: float = 0.15, profile: ErrorProfile | None = None, flow: bool = False,
+                window: tuple[float, float] | None = None) -> Tensor:
+    """Noise Awareness Guidance on one prediction (Zhong et al. 2025, eq. 9 with ``s(x) ≈ s(x|σ_u)``; module doc):
+
+        D_nag = D_cfg + w·[(D_c - x_ve) - (σ²/σ_u²)·(D_u - x_ve)]   (VE levels, ``D_u = denoiser`` at σ_u)
+
+    ``denoiser``: the conditional model, called once at σ_u; ``denoised``: ``D_cfg`` (the guided prediction at ``(x, σ)``);
+    ``denoised_cond``: ``D_c``; ``strength``: w ≥ 0; ``mode``/``delta``: σ_u (:func:`unconditional_level`; adaptive needs the
+    model's ``profile``); ``window``: the levels ``(low, high)`` to guide at, the model's parametrisation (outside it, and
+    for w = 0, ``denoised`` comes back unchanged and the model is not called). ``x``: ``[B, ...]``, ``sigma``: ``[B]``.
+    """
+    if strength == 0 or not in_window(sigma, window, flow):
+        return denoised
+    x_ve, sigma_ve = _ve(x, sigma, flow)
+    estimated = None
+    if mode == "adaptive":
+        if profile is None:
+            raise ValueError("Noise Awareness Guidance: mode 'adaptive' needs the model's VRG error profile; connect one "
+                             "(VRG Calibrate or VRG Load Profile), or use mode 'fixed'.")
+        estimated = ve_sigma(estimate_sigma(x, denoised_cond, sigma, profile, flow), flow)
+    sigma_u = unconditional_level(sigma_ve, mode, delta, estimated)
+    x_u, level_u = ve_to_flow(x_ve, sigma_u) if flow else (x_ve, sigma_u)
+    denoised_u = denoiser(x_u, level_u)
+    ratio = append_dims((sigma_ve / sigma_u) ** 2, x.ndim)
+    return denoised + strength * ((denoised_cond - x_ve) - ratio * (denoised_u - x_ve))
+
+
+def nag_guided(pair_denoiser: PairDenoiser, cond_denoiser: Denoiser, scale: float, strength: float, **options) -> Denoiser:
+    """A plain denoiser: CFG at ``scale`` (samplers.core.cfg_mix) followed by :func:`nag_denoise` with ``options``
+    (mode, delta, profile, flow, window). ``cond_denoiser`` is the conditional model alone, for the call at σ_u."""
+
+    def denoiser(x: Tensor, sigma: Tensor) -> Tensor:
+        denoised_cond, denoised_uncond = pair_denoiser(x, sigma)
+        denoised = cfg_mix(denoised_cond, denoised_uncond, scale)
+        return nag_denoise(cond_denoiser, x, sigma, denoised, denoised_cond, strength, **options)
+
+    return denoiser

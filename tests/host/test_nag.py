@@ -1,0 +1,118 @@
+"""Noise Awareness Guidance inside a real ComfyUI: the patch in a plain KSampler and stacked with core patches, the guider
+in SamplerCustomAdvanced, the Noise Shift Meter's plot, and clear errors after which the server keeps serving."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tools.comfy_host import CHECKPOINT_NAME, TINY_OVERRIDES, PromptFailed, txt2img, ui_to_api, with_input
+
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "noise_awareness_guidance.json"
+
+GUIDANCE = {"strength": 0.5, "mode": "fixed", "delta": 0.15, "start_percent": 0.3, "end_percent": 1.0}
+NAG_NODES = {"ErrorControlNoiseAwarenessGuidance", "ErrorControlNoiseAwarenessGuider", "ErrorControlNoiseShiftMeter"}
+
+
+def patched_txt2img(prefix: str, **guidance) -> dict:
+    """txt2img with the KSampler's model through the Noise Awareness Guidance patch."""
+    graph = txt2img(steps=6, prefix=prefix)
+    graph["nag"] = {"class_type": "ErrorControlNoiseAwarenessGuidance",
+                    "inputs": {"model": ["ckpt", 0], **GUIDANCE, **guidance}}
+    graph["sample"]["inputs"]["model"] = ["nag", 0]
+    return graph
+
+
+def test_nodes_are_registered_with_full_names_and_tooltips(comfy):
+    info = comfy.object_info()
+    for node in NAG_NODES:
+        assert info[node]["category"].startswith("sampling/error_control/")
+        assert "Noise Awareness Guidance" in info[node]["display_name"] + info[node]["description"]
+        assert info[node]["display_name"] != "NAG"
+        for name, spec in {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}.items():
+            if name in GUIDANCE or name in ("cfg", "steps", "profile"):
+                assert spec[1].get("tooltip"), (node, name)
+
+
+def test_patch_runs_in_a_plain_ksampler(comfy):
+    assert comfy.output_images(comfy.run(patched_txt2img("nag_patch")))
+
+
+@pytest.mark.parametrize("second", [
+    {"class_type": "FreeU", "inputs": {"b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}},
+    {"class_type": "RescaleCFG", "inputs": {"multiplier": 0.7}},
+], ids=["FreeU", "RescaleCFG"])
+def test_patch_composes_with_a_second_model_patch(comfy, second):
+    graph = patched_txt2img(f"nag_with_{second['class_type']}")
+    graph["second"] = {**second, "inputs": {**second["inputs"], "model": ["nag", 0]}}
+    graph["sample"]["inputs"]["model"] = ["second", 0]
+    assert comfy.output_images(comfy.run(graph))
+
+
+def test_patch_runs_on_a_flow_model(comfy):
+    graph = patched_txt2img("nag_flow")
+    graph["flow"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
+    graph["nag"]["inputs"]["model"] = ["flow", 0]
+    assert comfy.output_images(comfy.run(graph))
+
+
+def test_guider_runs_in_sampler_custom_advanced(comfy):
+    graph = txt2img(prefix="nag_guider")
+    del graph["sample"]
+    graph.update({
+        "guider": {"class_type": "ErrorControlNoiseAwarenessGuider", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "cfg": 5.0, **GUIDANCE}},
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}},
+        "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": ["ckpt", 0], "scheduler": "normal", "steps": 6,
+                                                               "denoise": 1.0}},
+        "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0],
+            "latent_image": ["empty", 0]}},
+    })
+    assert comfy.output_images(comfy.run(graph))
+
+
+def meter_graph(prefix: str, **guidance) -> dict:
+    """Calibrate VRG on the example image, then meter a 6-step euler pass with that profile."""
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
+        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "calibrate": {"class_type": "ErrorControlVRGCalibrate", "inputs": {
+            "model": ["ckpt", 0], "latent": ["latent", 0], "positive": ["neg", 0], "cfg": 1.0, "grid_points": 16,
+            "seed": 0, "profile_name": f"{prefix}_profile"}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "meter": {"class_type": "ErrorControlNoiseShiftMeter", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0],
+            "seed": 3, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", **GUIDANCE,
+            "profile": ["calibrate", 1], **guidance}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["meter", 0], "filename_prefix": prefix}},
+    }
+
+
+def test_meter_outputs_a_plot_for_both_modes(comfy):
+    images = comfy.output_images(comfy.run(meter_graph("nag_meter", mode="adaptive", delta=0.0)))
+    assert images and all(p.stat().st_size > 0 for p in images)
+
+
+def test_adaptive_mode_without_a_profile_says_what_to_connect(comfy):
+    with pytest.raises(PromptFailed, match=r"Noise Awareness Guidance \(model patch\): input 'profile'.*VRG Calibrate"):
+        comfy.run(patched_txt2img("nag_no_profile", mode="adaptive"))
+    assert comfy.run(txt2img(prefix="nag_after_error"))  # the server keeps serving
+
+
+def test_an_empty_window_is_refused_with_the_fix(comfy):
+    graph = with_input(patched_txt2img("nag_bad_window"), "nag", start_percent=0.8, end_percent=0.4)
+    with pytest.raises(PromptFailed, match=r"'start_percent' \(0.8\) and 'end_percent' \(0.4\) must satisfy"):
+        comfy.run(graph)
+    assert comfy.run(txt2img(prefix="nag_after_bad_window"))
+
+
+def test_example_workflow_runs_on_the_tiny_checkpoint(comfy):
+    info = comfy.object_info()
+    graph = ui_to_api(json.loads(WORKFLOW.read_text()), info, TINY_OVERRIDES)
+    assert NAG_NODES - {"ErrorControlNoiseAwarenessGuider"} <= {node["class_type"] for node in graph.values()}
+    assert len(comfy.output_images(comfy.run(graph))) == 3  # plain, guided, noise-shift plot
