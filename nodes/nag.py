@@ -213,8 +213,8 @@ class NoiseShiftMeter(io.ComfyNode):
                   "estimated, plain": (range(len(plain)), plain),
                   "estimated, guided": (range(len(with_guidance)), with_guidance)}
         title = f"Noise shift: {sampler_name}/{scheduler}, {steps} steps, cfg {cfg:g}, guidance w={strength:g} ({mode})"
-        return io.NodeOutput(line_plot(series, title, "model call", "sigma"))
+        plot = line_plot(series, title, "model call", "sigma")
+        return io.NodeOutput(plot.image, ui=plot.ui)
 
 
 NODES = [NoiseAwarenessGuidance, NoiseAwarenessGuider, NoiseShiftMeter]
-REGISTRATIONS: dict = {}

@@ -1,4 +1,5 @@
-"""Small line plots as IMAGE outputs (Pillow only: ComfyUI ships it, matplotlib it does not).
+"""Small line plots, twice: as an IMAGE output (Pillow only: ComfyUI ships it, matplotlib it does not) and as the data
+the pack's web extension (``web/js/plots.js``) draws live on the node, sent in the node's UI output.
 
 Pillow's built-in font is ASCII: labels say "sigma", not σ.
 """
@@ -6,17 +7,34 @@ Pillow's built-in font is ASCII: labels say "sigma", not σ.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+UI_KEY = "error_control_plot"
+"""The key of a node's UI output that web/js/plots.js draws."""
 
 
-def line_plot(series: dict, title: str, x_label: str, y_label: str, log_y: bool = True,
-              size: tuple[int, int] = (640, 400)) -> torch.Tensor:
-    """``series`` maps a label to ``(x, y)`` sequences; returns a ComfyUI IMAGE ``[1, H, W, 3]`` in [0, 1]."""
+class Plot(NamedTuple):
+    image: torch.Tensor  # ComfyUI IMAGE [1, H, W, 3]
+    ui: dict  # {UI_KEY: [spec]}, for io.NodeOutput(..., ui=plot.ui)
+
+
+def line_plot(series: dict, title: str, x_label: str, y_label: str, log_y: bool = True) -> Plot:
+    """``series`` maps a label to ``(x, y)`` sequences; the plot as an IMAGE and as UI data for the node's live plot."""
+    finite = lambda v: float(v) if math.isfinite(float(v)) else None  # noqa: E731 (JSON has no NaN)
+    spec = {"title": title, "x_label": x_label, "y_label": y_label, "log_y": log_y,
+            "series": [{"label": label, "x": [finite(v) for v in xs], "y": [finite(v) for v in ys]}
+                       for label, (xs, ys) in series.items()]}
+    return Plot(render(series, title, x_label, y_label, log_y), {UI_KEY: [spec]})
+
+
+def render(series: dict, title: str, x_label: str, y_label: str, log_y: bool = True,
+           size: tuple[int, int] = (640, 400)) -> torch.Tensor:
+    """The plot as a ComfyUI IMAGE ``[1, H, W, 3]`` in [0, 1]."""
     width, height = size
     left, right, top, bottom = 70, 20, 34, 46
     image = Image.new("RGB", size, "white")

@@ -37,7 +37,7 @@ from .host import (
     step_callback,
     weights_fingerprint,
 )
-from .plot import line_plot
+from .plot import Plot, line_plot
 
 CATEGORY = "sampling/error_control/polaris"
 types.register_folder(types.TRACE_FOLDER)
@@ -61,7 +61,7 @@ INVERSION_OPTIONS = [
 ]
 
 
-def omega_plot(trace: PolarisTrace) -> torch.Tensor:
+def omega_plot(trace: PolarisTrace) -> Plot:
     """ω against the inversion step, one line per sample (at most four)."""
     steps = list(range(trace.steps))
     series = {f"sample {b}": (steps, trace.omega[:, b].tolist()) for b in range(min(4, trace.omega.shape[1]))}
@@ -158,7 +158,8 @@ class PolarisInversion(io.ComfyNode):
         inverted = sample_with(cfg_guider(model, positive, negative, 1.0), latent["samples"], up,
                                inversion_sampler(options, node, result))
         trace = result["trace"]
-        return io.NodeOutput({"samples": inverted}, trace, omega_plot(trace))
+        plot = omega_plot(trace)
+        return io.NodeOutput({"samples": inverted}, trace, plot.image, ui=plot.ui)
 
 
 class PolarisInversionSampler(io.ComfyNode):
@@ -345,7 +346,8 @@ class PolarisLoadTrace(io.ComfyNode):
         except ValueError as err:
             raise ValueError(f"{node}: input 'trace_name': {err}") from err
         check_trace(trace, model, node)
-        return io.NodeOutput(trace, {"samples": latent_of(model, trace)}, omega_plot(trace))
+        plot = omega_plot(trace)
+        return io.NodeOutput(trace, {"samples": latent_of(model, trace)}, plot.image, ui=plot.ui)
 
 
 NODES = [PolarisInversion, PolarisDenoise, PolarisInversionSampler, PolarisReplay, PolarisTraceSigmas, PolarisSaveTrace,

@@ -31,7 +31,7 @@ from .host import (
     weights_fingerprint,
     with_guided_denoiser,
 )
-from .plot import line_plot
+from .plot import Plot, line_plot
 
 CATEGORY = "sampling/error_control/vrg"
 SCHEDULER_NAME = "vrg"
@@ -69,14 +69,14 @@ def base_sigmas(model_patcher, scheduler: str, steps: int, denoise: float, node:
     return scheduler_sigmas(model_patcher, scheduler, steps, denoise, node)
 
 
-def schedule_plot(base: torch.Tensor, optimised: torch.Tensor, profile: ErrorProfile) -> torch.Tensor:
+def schedule_plot(base: torch.Tensor, optimised: torch.Tensor, profile: ErrorProfile) -> Plot:
     steps = list(range(len(base) - 1))
     title = f"VRG: CPE {float(cumulative_error(base, profile)):.4g} -> {float(cumulative_error(optimised, profile)):.4g}"
     return line_plot({"base sigma": (steps, base[:-1].tolist()), "VRG sigma": (steps, optimised[:-1].tolist())},
                      title, "step", "sigma")
 
 
-def profile_plot(profile: ErrorProfile) -> torch.Tensor:
+def profile_plot(profile: ErrorProfile) -> Plot:
     return line_plot({"mse_x0": (torch.log10(profile.sigmas).tolist(), profile.mse.tolist())},
                      f"VRG error profile ({'flow' if profile.flow else 'EPS/V'}, {len(profile.sigmas)} levels)",
                      "log10 sigma", "mse_x0")
@@ -142,7 +142,8 @@ class VRGCalibrate(io.ComfyNode):
         profile = dataclasses.replace(result["profile"], model=model_fingerprint(model), pack_version=PACK_VERSION,
                                       conditioning=f"given conditioning, cfg {cfg:g}")
         profile.save(target)
-        return io.NodeOutput(with_profile(model, profile), profile, profile_plot(profile))
+        plot = profile_plot(profile)
+        return io.NodeOutput(with_profile(model, profile), profile, plot.image, ui=plot.ui)
 
 
 class VRGLoadProfile(io.ComfyNode):
@@ -170,7 +171,8 @@ class VRGLoadProfile(io.ComfyNode):
         except ValueError as err:
             raise ValueError(f"{node}: input 'profile_name': {err}") from err
         check_profile(profile, model, node)
-        return io.NodeOutput(with_profile(model, profile), profile, profile_plot(profile))
+        plot = profile_plot(profile)
+        return io.NodeOutput(with_profile(model, profile), profile, plot.image, ui=plot.ui)
 
 
 TRUST_REGION = dict(default=0.01, min=0.0, max=0.2, step=0.001,
@@ -205,7 +207,8 @@ class VRGScheduler(io.ComfyNode):
         check_profile(profile, model, "VRG Scheduler")
         base = base_sigmas(model, scheduler, steps, denoise, "VRG Scheduler")
         optimised = optimize_sigmas(base, profile, lp=lp, fix_sigma_max=fix_sigma_max)
-        return io.NodeOutput(optimised, schedule_plot(base, optimised, profile))
+        plot = schedule_plot(base, optimised, profile)
+        return io.NodeOutput(optimised, plot.image, ui=plot.ui)
 
 
 class VRGOptimizeSigmas(io.ComfyNode):
@@ -226,7 +229,8 @@ class VRGOptimizeSigmas(io.ComfyNode):
     def execute(cls, profile, sigmas, lp, fix_sigma_max) -> io.NodeOutput:
         check_sigmas(sigmas, "VRG Optimize Sigmas", "sigmas")
         optimised = optimize_sigmas(sigmas.cpu(), profile, lp=lp, fix_sigma_max=fix_sigma_max)
-        return io.NodeOutput(optimised, schedule_plot(sigmas.cpu(), optimised, profile))
+        plot = schedule_plot(sigmas.cpu(), optimised, profile)
+        return io.NodeOutput(optimised, plot.image, ui=plot.ui)
 
 
 def newest_profile_for(model_sampling) -> ErrorProfile | None:

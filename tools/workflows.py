@@ -16,6 +16,9 @@ sys.path.insert(0, str(REPO))
 
 from tools.comfy_host import MEDIA_UPLOADS, ComfyServer, widget_slots  # noqa: E402
 
+PLOT_HEIGHT = 230
+"""Pixels the live plot of web/js/plots.js adds to a node with a plot output."""
+
 
 @dataclass(frozen=True)
 class Out:
@@ -105,12 +108,15 @@ class Graph:
                 serialised[node.id]["inputs"].append({"name": name, "type": kind, "link": link_id})
                 serialised[out.node]["outputs"][out.slot]["links"].append(link_id)
                 links.append([link_id, out.node, out.slot, node.id, slot, kind])
-        rows: dict[int, int] = {}
+        tops: dict[int, int] = {}
         for node_id, col in self._columns().items():
-            row = rows.get(col, 0)
-            rows[col] = row + 1
-            height = 60 + 26 * (len(serialised[node_id]["inputs"]) + len(serialised[node_id]["widgets_values"]))
-            serialised[node_id].update(pos=[40 + 380 * col, 40 + 300 * row], size=[340, max(height, 110)])
+            node = serialised[node_id]
+            height = 60 + 26 * (len(node["inputs"]) + len(node["widgets_values"]))
+            if any(out["type"] == "IMAGE" and "plot" in out["name"] for out in node["outputs"]):
+                height += PLOT_HEIGHT
+            top = tops.get(col, 40)
+            tops[col] = top + max(height, 110) + 60
+            node.update(pos=[40 + 380 * col, top], size=[340, max(height, 110)])
         return {"last_node_id": len(self.nodes), "last_link_id": link_id, "nodes": list(serialised.values()),
                 "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
                 "version": 0.4}

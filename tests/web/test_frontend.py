@@ -17,6 +17,16 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 
 
+PLOT_PIXELS = """() => app.graph._nodes.filter(n => n.errorControlPlot).map(n => {
+    const c = n.errorControlPlot.canvas, d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    let coloured = 0;
+    for (let i = 0; i < d.length; i += 4)
+        if (Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 60) coloured++;
+    return {type: n.type, coloured, stale: n.errorControlPlot.stale};
+})"""
+"""Every plot widget on the graph: its node type and how many saturated (series-coloured) pixels its canvas shows."""
+
+
 @pytest.fixture(scope="module")
 def page(comfy):
     with playwright.sync_playwright() as pw:
@@ -61,6 +71,15 @@ def test_workflow_loads_without_missing_nodes_and_runs_from_the_ui(page, comfy, 
     (prompt_id,) = new
     assert comfy.wait(prompt_id)["status"]["status_str"] == "success"
     print(f"ran in {time.monotonic() - started:.1f} s")
+    plotted = {node: info["category"].startswith("sampling/error_control") and any(
+        kind == "IMAGE" and "plot" in name for kind, name in zip(info["output"], info["output_name"]))
+        for node, info in comfy.object_info().items()}
+    expected = sorted(n["type"] for n in json.loads(workflow.read_text())["nodes"] if plotted.get(n["type"]))
+    page.wait_for_function("(n) => app.graph._nodes.filter(n => n.errorControlPlot?.spec).length >= n", arg=len(expected),
+                           timeout=30_000)
+    assert sorted(plot["type"] for plot in page.evaluate(PLOT_PIXELS)) == expected
+    for plot in page.evaluate(PLOT_PIXELS):
+        assert plot["coloured"] > 200, plot  # the series lines are drawn (the frame and text are grey)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{workflow.stem}.png"))
     assert page.errors == []

@@ -1,0 +1,114 @@
+// Error-Control Samplers: live line plots on the pack's nodes (POLARIS omega per step, VRG schedules and error
+// profiles, noise-shift curves). A node sends its plot as data in its UI output under "error_control_plot"
+// (nodes/plot.py); this extension draws it on a canvas widget, and greys it out when an input changes until the next
+// run. No build step, no network; only app.registerExtension and the node's DOM-widget API are used.
+import { app } from "../../../scripts/app.js";
+
+const UI_KEY = "error_control_plot";
+const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+const HEIGHT = 220;
+
+function bounds(spec) {
+  const scaleY = (y) => (spec.log_y ? Math.log10(Math.max(y, 1e-30)) : y);
+  const points = spec.series.map((s) =>
+    s.x.map((x, i) => [x, s.y[i]]).filter(([x, y]) => x !== null && y !== null).map(([x, y]) => [x, scaleY(y)]));
+  const all = points.flat();
+  const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+  const box = { xMin: Math.min(...xs), xMax: Math.max(...xs), yMin: Math.min(...ys), yMax: Math.max(...ys) };
+  return { points, box: all.length ? box : { xMin: 0, xMax: 1, yMin: 0, yMax: 1 } };
+}
+
+function draw(canvas, spec, stale) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = Math.max(canvas.clientWidth, 200), height = Math.max(canvas.clientHeight, 120);
+  canvas.width = width * ratio;
+  canvas.height = height * ratio;
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.fillStyle = "#fdfdfd";
+  ctx.fillRect(0, 0, width, height);
+  ctx.font = "11px sans-serif";
+  if (!spec) {
+    ctx.fillStyle = "#777";
+    ctx.fillText("Queue the prompt to see the plot.", 12, height / 2);
+    return;
+  }
+  const left = 52, right = 10, top = 22, bottom = 26;
+  const { points, box } = bounds(spec);
+  const spanX = box.xMax - box.xMin || 1, spanY = box.yMax - box.yMin || 1;
+  const px = (x) => left + ((x - box.xMin) / spanX) * (width - left - right);
+  const py = (y) => height - bottom - ((y - box.yMin) / spanY) * (height - top - bottom);
+  ctx.strokeStyle = "#888";
+  ctx.strokeRect(left, top, width - left - right, height - top - bottom);
+  ctx.fillStyle = "#222";
+  ctx.fillText(spec.title, 6, 14);
+  ctx.fillStyle = "#555";
+  for (const f of [0, 0.5, 1]) {
+    const y = box.yMin + f * spanY, x = box.xMin + f * spanX;
+    ctx.fillText((spec.log_y ? 10 ** y : y).toPrecision(3), 2, py(y) + 4);
+    ctx.fillText(x.toPrecision(3), px(x) - 10, height - bottom + 14);
+  }
+  ctx.fillText(`${spec.x_label} →   ${spec.y_label}${spec.log_y ? " (log)" : ""} ↑`, left + 4, height - 2);
+  points.forEach((pts, i) => {
+    ctx.strokeStyle = ctx.fillStyle = COLOURS[i % COLOURS.length];
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    pts.forEach(([x, y], j) => (j ? ctx.lineTo(px(x), py(y)) : ctx.moveTo(px(x), py(y))));
+    ctx.stroke();
+    ctx.fillText(spec.series[i].label, left + 8, top + 14 + 13 * i);
+  });
+  if (stale) {
+    ctx.fillStyle = "rgba(255, 255, 255, 0.6)";
+    ctx.fillRect(0, 0, width, height);
+    ctx.fillStyle = "#a33";
+    ctx.fillText("Inputs changed: queue the prompt to update.", left + 8, height / 2);
+  }
+}
+
+function chain(prototype, name, after) {
+  const original = prototype[name];
+  prototype[name] = function (...args) {
+    const result = original?.apply(this, args);
+    after.apply(this, args);
+    return result;
+  };
+}
+
+function hasPlot(nodeData) {
+  return nodeData.category?.startsWith("sampling/error_control") &&
+    (nodeData.output_name ?? []).some((name, i) => nodeData.output[i] === "IMAGE" && /plot/.test(name));
+}
+
+app.registerExtension({
+  name: "ErrorControlSamplers.Plots",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!hasPlot(nodeData)) return;
+    chain(nodeType.prototype, "onNodeCreated", function () {
+      const canvas = document.createElement("canvas");
+      canvas.className = "error-control-plot";
+      canvas.style.width = "100%";
+      canvas.style.height = `${HEIGHT}px`;
+      const widget = this.addDOMWidget(UI_KEY, "error_control_plot", canvas, { serialize: false, hideOnZoom: false });
+      widget.serialize = false;
+      widget.computeLayoutSize = () => ({ minHeight: HEIGHT, minWidth: 240 });
+      this.errorControlPlot = { canvas, spec: null, stale: false };
+      requestAnimationFrame(() => draw(canvas, null, false));
+    });
+    chain(nodeType.prototype, "onExecuted", function (output) {
+      const spec = output?.[UI_KEY]?.[0];
+      if (!spec) return;
+      Object.assign(this.errorControlPlot, { spec, stale: false });
+      draw(this.errorControlPlot.canvas, spec, false);
+    });
+    chain(nodeType.prototype, "onWidgetChanged", function () {
+      const plot = this.errorControlPlot;
+      if (!plot?.spec) return;
+      plot.stale = true;
+      draw(plot.canvas, plot.spec, true);
+    });
+    chain(nodeType.prototype, "onResize", function () {
+      const plot = this.errorControlPlot;
+      if (plot) requestAnimationFrame(() => draw(plot.canvas, plot.spec, plot.stale));
+    });
+  },
+});
