@@ -267,14 +267,42 @@ WORKFLOWS = {"ddim_inversion_reconstruct": ddim_inversion_reconstruct,
              "noise_awareness_guidance": noise_awareness_guidance}
 
 
+def thumbnail(workflow: dict, names: dict[str, str], size: tuple[int, int] = (480, 320)):
+    """A schematic of a UI-format workflow for the template browser: links as lines, nodes as boxes with their titles,
+    the pack's nodes highlighted; ``names`` maps a node type to its display name. Deterministic, so regenerating leaves unchanged graphs' files unchanged."""
+    from PIL import Image, ImageDraw
+
+    nodes = workflow["nodes"]
+    x0, y0 = min(n["pos"][0] for n in nodes), min(n["pos"][1] for n in nodes)
+    x1 = max(n["pos"][0] + n["size"][0] for n in nodes)
+    y1 = max(n["pos"][1] + n["size"][1] for n in nodes)
+    scale = min((size[0] - 20) / (x1 - x0), (size[1] - 20) / (y1 - y0))
+    box = {n["id"]: [10 + (n["pos"][0] - x0) * scale, 10 + (n["pos"][1] - y0) * scale,
+                     10 + (n["pos"][0] + n["size"][0] - x0) * scale, 10 + (n["pos"][1] + n["size"][1] - y0) * scale]
+           for n in nodes}
+    image = Image.new("RGB", size, (32, 32, 36))
+    draw = ImageDraw.Draw(image)
+    for _, source, _, target, _, _ in workflow["links"]:
+        (_, sy0, sx1, sy1), (tx0, ty0, _, ty1) = box[source], box[target]
+        draw.line([(sx1, (sy0 + sy1) / 2), (tx0, (ty0 + ty1) / 2)], fill=(120, 160, 200), width=2)
+    for n in nodes:
+        ours = n["type"].startswith("ErrorControl")
+        draw.rectangle(box[n["id"]], fill=(70, 110, 70) if ours else (60, 60, 66), outline=(200, 200, 200))
+        title = (n.get("title") or names.get(n["type"]) or n["type"]).encode("ascii", "replace").decode()
+        draw.text((box[n["id"]][0] + 3, box[n["id"]][1] + 2), title[:int(n["size"][0] * scale / 6)], fill=(235, 235, 235))
+    return image
+
+
 def main() -> None:
     with ComfyServer(REPO / ".cache" / "workflow_base", REPO) as server:
         object_info = server.object_info()
     for name, build in WORKFLOWS.items():
         graph = Graph(object_info)
         build(graph)
-        (REPO / "workflows" / f"{name}.json").write_text(json.dumps(graph.to_ui(), indent=1) + "\n")
-        print(f"wrote workflows/{name}.json")
+        workflow = graph.to_ui()
+        (REPO / "workflows" / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+        thumbnail(workflow, {k: v["display_name"] for k, v in object_info.items()}).save(REPO / "workflows" / f"{name}.jpg", quality=85)
+        print(f"wrote workflows/{name}.json and its thumbnail {name}.jpg")
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ def test_the_pack_serves_its_workflows_as_templates(comfy):
     templates = comfy.get("/api/workflow_templates").json()
     pack = templates["error-control-samplers"]
     assert sorted(pack) == sorted(p.stem for p in WORKFLOWS)
-    served = comfy.get(f"/api/workflow_templates/error-control-samplers/{WORKFLOWS[0].name}").json()
-    assert served == json.loads(WORKFLOWS[0].read_text())
+    for workflow in WORKFLOWS:
+        served = comfy.get(f"/api/workflow_templates/error-control-samplers/{workflow.name}").json()
+        assert served == json.loads(workflow.read_text())
+        thumbnail = comfy.get(f"/api/workflow_templates/error-control-samplers/{workflow.stem}.jpg")
+        assert thumbnail.headers["Content-Type"] == "image/jpeg" and thumbnail.content[:3] == b"\xff\xd8\xff"
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
