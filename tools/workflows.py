@@ -259,17 +259,36 @@ def noise_awareness_guidance(g: Graph) -> None:
     g.add("SaveImage", title="Noise shift: scheduled vs estimated sigma", images=meter[0], filename_prefix="nag/noise_shift")
 
 
+def diffier_cfg_sweep(g: Graph) -> None:
+    """The same prompt, seed and steps at cfg 3, 7 and 12, with euler and with DiffIER side by side, and DiffIER's Gap
+    Meter (plain vs DiffIER gap per step, and the cfg weight it used) at the highest cfg."""
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
+    latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    for cfg in (3.0, 7.0, 12.0):
+        for sampler in ("euler", "diffier"):
+            sampled = g.add("KSampler", title=f"KSampler ({sampler}, cfg {cfg:g})", model=ckpt[0], positive=positive[0],
+                            negative=negative[0], latent_image=latent[0], seed=7, steps=20, cfg=cfg, sampler_name=sampler,
+                            scheduler="normal")
+            decode_and_save(g, ckpt, sampled[0], f"diffier/cfg{cfg:g}_{sampler}", f"{sampler}, cfg {cfg:g}")
+    meter = g.add("ErrorControlDiffIERGapMeter", model=ckpt[0], positive=positive[0], negative=negative[0],
+                  latent_image=latent[0], seed=7, steps=20, cfg=12.0, scheduler="normal", iterations=1, damping=1.0)
+    g.add("SaveImage", title="Gap per step: plain vs DiffIER", images=meter[1], filename_prefix="diffier/gap")
+    g.add("SaveImage", title="DiffIER cfg weight per step", images=meter[2], filename_prefix="diffier/weight")
+
 WORKFLOWS = {"ddim_inversion_reconstruct": ddim_inversion_reconstruct,
              "polaris_reconstruct": polaris_reconstruct,
              "polaris_edit": polaris_edit,
              "vrg_calibrate_and_sample": vrg_calibrate_and_sample,
              "vrg_saved_profile": vrg_saved_profile,
-             "noise_awareness_guidance": noise_awareness_guidance}
+             "noise_awareness_guidance": noise_awareness_guidance,
+             "diffier_cfg_sweep": diffier_cfg_sweep}
 
 
 def thumbnail(workflow: dict, names: dict[str, str], size: tuple[int, int] = (480, 320)):
     """A schematic of a UI-format workflow for the template browser: links as lines, nodes as boxes with their titles,
-    the pack's nodes highlighted; ``names`` maps a node type to its display name. Deterministic, so regenerating leaves unchanged graphs' files unchanged."""
+    the pack's nodes highlighted; ``names`` maps a node type to its display name. Deterministic, so regenerating
+    leaves unchanged graphs' files unchanged."""
     from PIL import Image, ImageDraw
 
     nodes = workflow["nodes"]
@@ -301,7 +320,8 @@ def main() -> None:
         build(graph)
         workflow = graph.to_ui()
         (REPO / "workflows" / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
-        thumbnail(workflow, {k: v["display_name"] for k, v in object_info.items()}).save(REPO / "workflows" / f"{name}.jpg", quality=85)
+        names = {node: info["display_name"] for node, info in object_info.items()}
+        thumbnail(workflow, names).save(REPO / "workflows" / f"{name}.jpg", quality=85)
         print(f"wrote workflows/{name}.json and its thumbnail {name}.jpg")
 
 
