@@ -170,3 +170,17 @@ def test_nan_in_the_latent_is_named_by_step(mixture):
     x0 = torch.full((2, 16), float("nan"), dtype=torch.float64)
     with pytest.raises(ValueError, match=r"POLARIS inversion: the latent became NaN/inf at step 1"):
         polaris.polaris_invert(mixture.pair_denoiser(1, False), x0, levels(5, False)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_latents_invert_without_overflow(mixture, x0, dtype):
+    """Inner products over a latent run in float32: half precision would overflow ‖d‖² of a large latent."""
+    big = x0.repeat(1, 256).to(dtype) * 8  # 4096 values a sample, squares summing past float16's 65504
+
+    def pair(x, sigma):  # posterior means of N(0, 1) data, the uncond one shrunk a little more
+        shrink = (1 / (1 + sigma**2))[:, None].to(x.dtype)
+        return x * shrink, x * shrink * 0.9
+
+    z, trace = polaris.polaris_invert(pair, big, levels(5, False)[0].to(dtype))
+    assert z.dtype == dtype and torch.isfinite(z).all()
+    assert torch.isfinite(trace.omega).all() and (trace.omega[1:] != 1).any()
