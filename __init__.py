@@ -2,11 +2,11 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from .nodes import inversion, nag, polaris, vrg
+from .nodes import diffier, inversion, nag, polaris, vrg
 from .nodes.registry import register_dropdowns
 
 WEB_DIRECTORY = "./web"
-NODE_MODULES = [inversion, nag, polaris, vrg]
+NODE_MODULES = [diffier, inversion, nag, polaris, vrg]
 
 register_dropdowns(NODE_MODULES)
 

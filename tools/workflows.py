@@ -260,19 +260,19 @@ def noise_awareness_guidance(g: Graph) -> None:
 
 
 def diffier_cfg_sweep(g: Graph) -> None:
-    """The same prompt, seed and steps at cfg 3, 7 and 12, with euler and with DiffIER side by side, and DiffIER's Gap
-    Meter (plain vs DiffIER gap per step, and the cfg weight it used) at the highest cfg."""
+    """The same prompt, seed and steps at cfg 4 and 10, with euler and with DiffIER side by side, and DiffIER's Gap
+    Meter (plain vs DiffIER gap per step, and the cfg weight it used) at the higher cfg."""
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    for cfg in (3.0, 7.0, 12.0):
+    for cfg in (4.0, 10.0):
         for sampler in ("euler", "diffier"):
             sampled = g.add("KSampler", title=f"KSampler ({sampler}, cfg {cfg:g})", model=ckpt[0], positive=positive[0],
-                            negative=negative[0], latent_image=latent[0], seed=7, steps=20, cfg=cfg, sampler_name=sampler,
+                            negative=negative[0], latent_image=latent[0], seed=7, steps=12, cfg=cfg, sampler_name=sampler,
                             scheduler="normal")
             decode_and_save(g, ckpt, sampled[0], f"diffier/cfg{cfg:g}_{sampler}", f"{sampler}, cfg {cfg:g}")
     meter = g.add("ErrorControlDiffIERGapMeter", model=ckpt[0], positive=positive[0], negative=negative[0],
-                  latent_image=latent[0], seed=7, steps=20, cfg=12.0, scheduler="normal", iterations=1, damping=1.0)
+                  latent_image=latent[0], seed=7, steps=12, cfg=10.0, scheduler="normal", iterations=1, damping=1.0)
     g.add("SaveImage", title="Gap per step: plain vs DiffIER", images=meter[1], filename_prefix="diffier/gap")
     g.add("SaveImage", title="DiffIER cfg weight per step", images=meter[2], filename_prefix="diffier/weight")
 

@@ -15,7 +15,7 @@ PACK_NODES = {"ErrorControlDDIMInversionSampler", "ErrorControlInversionSigmas",
               "ErrorControlPolarisInversion", "ErrorControlPolarisDenoise", "ErrorControlPolarisInversionSampler",
               "ErrorControlPolarisReplay", "ErrorControlPolarisTraceSigmas", "ErrorControlPolarisSaveTrace",
               "ErrorControlPolarisLoadTrace", "ErrorControlNoiseAwarenessGuidance", "ErrorControlNoiseAwarenessGuider",
-              "ErrorControlNoiseShiftMeter"}
+              "ErrorControlNoiseShiftMeter", "ErrorControlDiffIERSampler", "ErrorControlDiffIERGapMeter"}
 LINK_TYPES = {"MODEL", "CONDITIONING", "LATENT", "SIGMAS", "IMAGE", "GUIDER", "SAMPLER", "VRG_PROFILE", "POLARIS_TRACE"}
 
 

@@ -1,0 +1,97 @@
+"""DiffIER (Chen, Ding, Xue 2025, "DiffIER: Optimizing Diffusion Models with Iterative Error Reduction", arXiv 2508.13628),
+**reconstructed from the paper's abstract** (METHODS.md "DiffIER"): the method section was not reachable, so the error
+definition and the iteration below are this pack's reading, chosen by measurement on the analytic testbed
+(``bench/diffier.py``), not the authors' equations.
+
+What the abstract states: under classifier-free guidance the sampler's states leave the family the network was trained on
+(a "training-inference gap"); the gap is quantified as the error accumulated during inference and the best guidance
+weight is the one that minimises it; it is reduced by an iterative error minimisation at every inference step.
+
+The per-step error. A deterministic DDIM/Euler step σ → σ' (samplers.core.ddim_step) writes the next state as
+
+    x' = a(σ')·x̂0 + σ'·ε̂,      ε̂ = (x - a(σ)·x̂0)/σ,   x̂0 = D_u + ω·(D_c - D_u)   at (x, σ)
+
+i.e. it assumes x' is a forward-process sample of the clean estimate x̂0. The model's own guided prediction at the next
+level, ``D_w(x', σ')``, says how far that assumption is off:
+
+    r = a(σ')·(D_w(x', σ') - x̂0)                                           (eq. R)
+
+Along a plain run ``‖r‖/a(σ') = ‖x̂0_{i+1} - x̂0_i‖``, the drift of consecutive predictions, which every sampler callback
+sees: :func:`prediction_drift` is the gap diagnostic computable from the model alone at no extra cost.
+
+The reduction (reading C of METHODS.md, the winner on the testbed against reading A, a fixed-point correction of x'):
+the guidance weight of each step is the one whose clean estimate best agrees with the model's guided prediction at the
+step's own next state, in closed form (least squares along ``Δ = D_c - D_u``, per sample),
+
+    ω* = clamp(⟨Δ, D_w(x'(ω), σ') - D_u⟩ / ‖Δ‖²,  1, w)                       (eq. W)
+
+found by K damped fixed-point iterations ``ω ← ω + λ·(ω* - ω)`` from ``ω = w``, each one re-evaluating the model at
+the step's new ``x'(ω)``. ``w`` is the user's cfg, the upper bound: DiffIER only lowers guidance where it overshoots
+the model's next prediction, never below the conditional model alone (ω = 1). K = 0 is plain CFG DDIM/Euler. The step
+to σ' = 0 is never iterated (the model is not trained at σ = 0). Cost: ``2·(1 + K)`` network evaluations a step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .core import PairDenoiser, cfg_mix, ddim_step
+from .inversion import StepCallback, check_finite_steps
+
+
+def agreeing_weight(denoised_cond: Tensor, denoised_uncond: Tensor, ahead: Tensor, scale: float) -> Tensor:
+    """Eq. W: the per-sample ``[B]`` weight whose guided estimate is closest to ``ahead``, clamped between 1 and ``scale``."""
+    delta = (denoised_cond - denoised_uncond).flatten(1)
+    norm = delta.square().sum(1).clamp_min(torch.finfo(delta.dtype).tiny)
+    target = (delta * (ahead - denoised_uncond).flatten(1)).sum(1) / norm
+    return target.clamp(min(1.0, scale), max(1.0, scale))
+
+
+def diffier_step(pair: PairDenoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, scale: float, iterations: int,
+                 damping: float, flow: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """One guided DDIM step σ → σ' (``[B]`` levels) with ``iterations`` damped iterations of eq. W on its weight.
+
+    Returns the next state, the guided prediction the step used and its ``[B]`` weight ω.
+    """
+    denoised_cond, denoised_uncond = pair(x, sigma)
+    omega = torch.full_like(sigma, scale)
+    denoised = cfg_mix(denoised_cond, denoised_uncond, omega)
+    x_next = ddim_step(x, denoised, sigma, sigma_next, flow)
+    for _ in range(iterations):
+        ahead = cfg_mix(*pair(x_next, sigma_next), scale)
+        omega = omega + damping * (agreeing_weight(denoised_cond, denoised_uncond, ahead, scale) - omega)
+        denoised = cfg_mix(denoised_cond, denoised_uncond, omega)
+        x_next = ddim_step(x, denoised, sigma, sigma_next, flow)
+    return x_next, denoised, omega
+
+
+def diffier(pair: PairDenoiser, x: Tensor, sigmas: Tensor, scale: float, iterations: int = 1, damping: float = 1.0,
+            flow: bool = False, callback: StepCallback | None = None) -> tuple[Tensor, Tensor]:
+    """Sample along descending ``sigmas`` with :func:`diffier_step` at cfg ``scale`` (the last step, to σ = 0, plain).
+
+    At ``scale`` 1 eq. W's range is {1}: no iterations are run. Returns the samples and the weights ω used, ``[steps, B]``.
+    ``callback`` receives k-diffusion's step dict ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` after each step.
+    Raises ``ValueError`` naming the first step whose state is not finite (checked once at the end: no GPU sync a step).
+    """
+    to_zero = (sigmas[1:] == 0).tolist()
+    ones = x.new_ones(x.shape[0])
+    finite, weights = [], []
+    for i in range(len(sigmas) - 1):
+        k = 0 if to_zero[i] or scale == 1 else iterations
+        x_next, denoised, omega = diffier_step(pair, x, sigmas[i] * ones, sigmas[i + 1] * ones, scale, k, damping, flow)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        x = x_next
+        weights.append(omega)
+        finite.append(torch.isfinite(x).all())
+    check_finite_steps(finite, sigmas, "DiffIER")
+    return x, torch.stack(weights)
+
+
+def prediction_drift(predictions: list[Tensor]) -> Tensor:
+    """The gap diagnostic (eq. R over ``a(σ')``): mean squared change of consecutive clean predictions per sample,
+    ``[steps - 1, B]``."""
+    stacked = torch.stack([p.flatten(1) for p in predictions])
+    return stacked.diff(dim=0).square().mean(-1)
+

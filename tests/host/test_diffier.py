@@ -1,0 +1,95 @@
+"""DiffIER inside a real ComfyUI: the ``diffier`` dropdown entry in KSampler, the SAMPLER node in SamplerCustomAdvanced,
+the Gap Meter's plots, clear errors after which the server keeps serving, and the example workflow."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tools.comfy_host import TINY_OVERRIDES, PromptFailed, sampler_names, txt2img, ui_to_api
+
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "diffier_cfg_sweep.json"
+DIFFIER_NODES = {"ErrorControlDiffIERSampler", "ErrorControlDiffIERGapMeter"}
+
+
+def dropdown(info: dict, node: str) -> list:
+    spec = info[node]["input"]["required"]["sampler_name"]
+    return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+
+
+def test_diffier_is_in_every_sampler_dropdown_after_the_built_in_ones(comfy):
+    built_in = sampler_names()["samplers"]  # this ComfyUI without any custom node
+    info = comfy.object_info()
+    for node in ("KSampler", "KSamplerAdvanced", "KSamplerSelect"):
+        names = dropdown(info, node)
+        assert names.count("diffier") == 1 and "diffier" not in built_in
+        assert names[: len(built_in)] == built_in, node
+
+
+def test_nodes_are_registered_and_labelled_as_a_reconstruction(comfy):
+    info = comfy.object_info()
+    for node in DIFFIER_NODES:
+        assert info[node]["category"] == "sampling/error_control/diffier"
+        assert "reconstructed from the paper's abstract" in info[node]["display_name"]
+
+
+@pytest.mark.parametrize("cfg", [1.0, 7.0])
+def test_ksampler_runs_with_diffier(comfy, cfg):
+    graph = txt2img(steps=4, prefix=f"diffier_ksampler_{cfg:g}", sampler_name="diffier")
+    graph["sample"]["inputs"]["cfg"] = cfg
+    assert comfy.output_images(comfy.run(graph))
+
+
+def custom_advanced(prefix: str, iterations: int = 1, damping: float = 1.0, model: list | None = None) -> dict:
+    graph = txt2img(prefix=prefix)
+    del graph["sample"]
+    model = model or ["ckpt", 0]
+    graph.update({
+        "guider": {"class_type": "CFGGuider", "inputs": {"model": model, "positive": ["pos", 0], "negative": ["neg", 0],
+                                                         "cfg": 6.0}},
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}},
+        "sampler": {"class_type": "ErrorControlDiffIERSampler", "inputs": {"iterations": iterations, "damping": damping}},
+        "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal", "steps": 4,
+                                                               "denoise": 1.0}},
+        "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0],
+            "latent_image": ["empty", 0]}},
+    })
+    return graph
+
+
+def test_sampler_node_runs_in_sampler_custom_advanced(comfy):
+    assert comfy.output_images(comfy.run(custom_advanced("diffier_custom", iterations=2, damping=0.5)))
+
+
+def test_sampler_node_runs_on_a_flow_model(comfy):
+    graph = custom_advanced("diffier_flow", model=["flow", 0])
+    graph["flow"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
+    assert comfy.output_images(comfy.run(graph))
+
+
+def test_basic_guider_is_refused_with_the_fix(comfy):
+    graph = custom_advanced("diffier_basic_guider")
+    graph["guider"] = {"class_type": "BasicGuider", "inputs": {"model": ["ckpt", 0], "conditioning": ["pos", 0]}}
+    with pytest.raises(PromptFailed, match=r"DiffIER \(sampler diffier\).*CFGGuider"):
+        comfy.run(graph)
+    assert comfy.run(txt2img(prefix="diffier_after_error"))  # the server keeps serving
+
+
+def test_gap_meter_outputs_both_plots_and_a_latent(comfy):
+    graph = txt2img(prefix="diffier_meter")
+    graph["meter"] = {"class_type": "ErrorControlDiffIERGapMeter", "inputs": {
+        "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0], "seed": 3,
+        "steps": 4, "cfg": 6.0, "scheduler": "normal", "iterations": 1, "damping": 1.0}}
+    graph["decode"]["inputs"]["samples"] = ["meter", 0]
+    graph["gap"] = {"class_type": "SaveImage", "inputs": {"images": ["meter", 1], "filename_prefix": "diffier_gap"}}
+    graph["weight"] = {"class_type": "SaveImage", "inputs": {"images": ["meter", 2], "filename_prefix": "diffier_weight"}}
+    del graph["sample"]
+    assert len(comfy.output_images(comfy.run(graph))) == 3
+
+
+def test_example_workflow_runs_on_the_tiny_checkpoint(comfy):
+    graph = ui_to_api(json.loads(WORKFLOW.read_text()), comfy.object_info(), TINY_OVERRIDES)
+    samplers = [node["inputs"].get("sampler_name") for node in graph.values() if node["class_type"] == "KSampler"]
+    assert "diffier" in samplers and "euler" in samplers
+    assert comfy.output_images(comfy.run(graph))
