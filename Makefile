@@ -1,7 +1,7 @@
 # Two commands for a fresh machine: `make demo` and `make test` (README). Both create .venv first if it is missing.
 PY := .venv/bin/python
 
-.PHONY: venv demo test unit host lint ui clean
+.PHONY: venv demo test unit host lint ui bench bench-quick clean
 
 venv:
 	bash tools/bootstrap.sh
@@ -20,6 +20,12 @@ host: venv
 
 lint: venv
 	$(PY) -m ruff check .
+
+bench: venv
+	$(PY) -m bench
+
+bench-quick: venv
+	$(PY) -m bench --quick
 
 ui: venv
 	$(PY) tools/comfy_host.py ui --port 8188

@@ -23,7 +23,7 @@ from samplers.inversion import reconstruction_error
 from samplers.polaris import polaris_denoise, polaris_invert
 
 from .inversion import invert_and_reconstruct, levels
-from .testbeds import gmm
+from .testbeds import digits, gmm
 
 STEP_COUNTS = (10, 20, 50)
 CFG = 5.0
@@ -43,8 +43,8 @@ def cfg_round_trip(pair: core.PairDenoiser, x0: torch.Tensor, steps: int, flow: 
     return invert_and_reconstruct(core.guided(pair, invert_cfg), x0, steps, flow, eval_at, core.guided(pair, denoise_cfg))
 
 
-def method_errors(pair: core.PairDenoiser, x0: torch.Tensor, steps: int, flow: bool, cfg: float = CFG) -> dict:
-    """Mean reconstruction MSE of every method on one pair, one x0 batch, one step count; mean ω of POLARIS too."""
+def reconstructions(pair: core.PairDenoiser, x0: torch.Tensor, steps: int, flow: bool, cfg: float = CFG) -> tuple[dict, float]:
+    """Every method's reconstruction of ``x0`` (one pair, one step count), and POLARIS' mean ω."""
     polaris, trace = polaris_round_trip(pair, x0, steps, flow)
     mean_omega = trace.omega.mean(0)
     out = {"POLARIS": polaris,
@@ -57,9 +57,13 @@ def method_errors(pair: core.PairDenoiser, x0: torch.Tensor, steps: int, flow: b
            "fixed mean ω (control)": cfg_round_trip(pair, x0, steps, flow, mean_omega, mean_omega, "current")}
     if flow:
         out["POLARIS eps-space"] = polaris_round_trip(pair, x0, steps, flow, space="eps")[0]
-    errors = {name: reconstruction_error(x0, rec).mean().item() for name, rec in out.items()}
-    errors["mean ω"] = trace.omega.mean().item()
-    return errors
+    return out, trace.omega.mean().item()
+
+
+def method_errors(pair: core.PairDenoiser, x0: torch.Tensor, steps: int, flow: bool, cfg: float = CFG) -> dict:
+    """Mean reconstruction MSE of every method, and POLARIS' mean ω."""
+    out, mean_omega = reconstructions(pair, x0, steps, flow, cfg)
+    return {**{name: reconstruction_error(x0, rec).mean().item() for name, rec in out.items()}, "mean ω": mean_omega}
 
 
 def reconstruction_rows(seeds: tuple[int, ...] = (0, 1, 2), samples: int = 128, steps: tuple[int, ...] = STEP_COUNTS,
@@ -76,9 +80,30 @@ def reconstruction_rows(seeds: tuple[int, ...] = (0, 1, 2), samples: int = 128, 
                 for n in steps:
                     for method, value in method_errors(pair, x0, n, flow, cfg).items():
                         runs.setdefault(("flow" if flow else "eps", denoiser, method, n), []).append(value)
-    return [{"family": family, "denoiser": denoiser, "method": method, "steps": n, "mse": statistics.mean(values),
-             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "seeds": len(values)}
-            for (family, denoiser, method, n), values in runs.items()]
+    return [{"family": family, "denoiser": f"{denoiser} denoiser", "metric": "reconstruction MSE", "method": method,
+             "steps": n, "mse": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+             "seeds": len(values)} for (family, denoiser, method, n), values in runs.items()]
+
+
+def digits_rows(cfg: float = 3.0, steps: tuple[int, ...] = STEP_COUNTS, parts: int = 3) -> list[dict]:
+    """Testbed 2: reconstruction PSNR (dB, higher is better) of the held-out digits, each with its own label as the
+    prompt, for every method of :func:`method_errors`; mean ± std over ``parts`` disjoint thirds of the held-out split."""
+    split = digits.load_digits_split()
+    runs: dict[tuple, list[float]] = {}
+    for flow in (False, True):
+        model = digits.train_or_load_denoiser(flow)
+        for part in range(parts):
+            x0, labels = (t[part::parts] for t in (split.test_x.double(), split.test_y))
+            pair = model.pair_denoiser(labels)
+            for n in steps:
+                with torch.no_grad():
+                    out, mean_omega = reconstructions(pair, x0, n, flow, cfg)
+                values = {**{name: digits.psnr(rec, x0).mean().item() for name, rec in out.items()}, "mean ω": mean_omega}
+                for method, value in values.items():
+                    runs.setdefault(("flow" if flow else "eps", method, n), []).append(value)
+    return [{"family": family, "denoiser": "digits model", "metric": "PSNR dB, held-out thirds", "method": method,
+             "steps": n, "mse": statistics.mean(values), "std": statistics.stdev(values), "seeds": len(values)}
+            for (family, method, n), values in runs.items()]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -88,7 +113,7 @@ def markdown_table(rows: list[dict]) -> str:
     for family, denoiser in dict.fromkeys((r["family"], r["denoiser"]) for r in rows):
         block = [r for r in rows if r["family"] == family and r["denoiser"] == denoiser]
         seeds = block[0]["seeds"]
-        lines += [f"**{family}, {denoiser} denoiser** (reconstruction MSE, mean ± std over {seeds} seeds)", "",
+        lines += [f"**{family}, {denoiser}** ({block[0]['metric']}, mean ± std over {seeds} seeds)", "",
                   "| method | " + " | ".join(f"{n} steps" for n in steps) + " |", "|---|" + "---|" * len(steps)]
         for method in dict.fromkeys(r["method"] for r in block):
             cells = {r["steps"]: r for r in block if r["method"] == method}
@@ -100,3 +125,4 @@ def markdown_table(rows: list[dict]) -> str:
 
 if __name__ == "__main__":
     print(markdown_table(reconstruction_rows()))
+    print(markdown_table(digits_rows()))
