@@ -18,7 +18,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import vrg  # noqa: E402
+from bench import polaris, vrg  # noqa: E402
 from bench.inversion import STEP_COUNTS, reconstruction_table  # noqa: E402
 from tools.comfy_host import TINY_OVERRIDES, ComfyServer, ui_to_api, write_example_image  # noqa: E402
 
@@ -82,11 +82,13 @@ VRG_TABLES = {
 }
 
 
-def write_metrics(out: Path, testbed: list[dict], vrg_tables: dict, workflows: list[dict]) -> Path:
+def write_metrics(out: Path, testbed: list[dict], polaris_rows: list[dict], vrg_tables: dict, workflows: list[dict]) -> Path:
     lines = ["# Demo metrics", "", f"{time.strftime('%Y-%m-%d %H:%M')}, {sys.platform}, CPU", "",
              "## DDIM inversion on the analytic testbed (16-d Gaussian mixture, exact denoiser, cfg 1, 256 samples)", "",
              "| family | model evaluated at | steps | reconstruction MSE | ± std |", "|---|---|---|---|---|"]
     lines += [f"| {r['family']} | {r['eval_at']} level | {r['steps']} | {r['mse']:.3e} | {r['std']:.1e} |" for r in testbed]
+    lines += ["", "## POLARIS against the inversion baselines on the analytic testbed (32 samples, 3 seeds; "
+              "`python -m bench.polaris` for the full table)", "", polaris.markdown_table(polaris_rows)]
     for key, title in VRG_TABLES.items():
         lines += ["", f"## {title}", "", "Analytic testbed, quick setting of bench/vrg.py (2000 samples, 3 seeds).", "",
                   vrg.markdown_table(vrg_tables[key])]
@@ -109,7 +111,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     testbed = reconstruction_table()
     plot_inversion(testbed, out / "ddim_inversion_testbed.png")
-    metrics = write_metrics(out, testbed, vrg.run(vrg.QUICK), run_workflows(out))
+    polaris_rows = polaris.reconstruction_rows(samples=32, steps=(10, 20))
+    metrics = write_metrics(out, testbed, polaris_rows, vrg.run(vrg.QUICK), run_workflows(out))
     print(metrics.read_text())
     print(f"demo: images in {out / 'images'}, plot {out / 'ddim_inversion_testbed.png'}, table {metrics}")
 
