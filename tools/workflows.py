@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))
 from tools.comfy_host import MEDIA_UPLOADS, ComfyServer, widget_slots  # noqa: E402
 
 PLOT_HEIGHT = 230
-"""Pixels the live plot of web/js/plots.js adds to a node with a plot output."""
+"""Pixels the live plots of web/js/plots.js add to a node, per plot output."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,7 @@ class Graph:
         for node_id, col in self._columns().items():
             node = serialised[node_id]
             height = 60 + 26 * (len(node["inputs"]) + len(node["widgets_values"]))
-            if any(out["type"] == "IMAGE" and "plot" in out["name"] for out in node["outputs"]):
-                height += PLOT_HEIGHT
+            height += PLOT_HEIGHT * sum(out["type"] == "IMAGE" and "plot" in out["name"] for out in node["outputs"])
             top = tops.get(col, 40)
             tops[col] = top + max(height, 110) + 60
             node.update(pos=[40 + 380 * col, top], size=[340, max(height, 110)])

@@ -75,7 +75,7 @@ def test_workflow_loads_without_missing_nodes_and_runs_from_the_ui(page, comfy, 
         kind == "IMAGE" and "plot" in name for kind, name in zip(info["output"], info["output_name"]))
         for node, info in comfy.object_info().items()}
     expected = sorted(n["type"] for n in json.loads(workflow.read_text())["nodes"] if plotted.get(n["type"]))
-    page.wait_for_function("(n) => app.graph._nodes.filter(n => n.errorControlPlot?.spec).length >= n", arg=len(expected),
+    page.wait_for_function("(n) => app.graph._nodes.filter(n => n.errorControlPlot?.specs).length >= n", arg=len(expected),
                            timeout=30_000)
     assert sorted(plot["type"] for plot in page.evaluate(PLOT_PIXELS)) == expected
     for plot in page.evaluate(PLOT_PIXELS):

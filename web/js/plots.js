@@ -6,7 +6,7 @@ import { app } from "../../../scripts/app.js";
 
 const UI_KEY = "error_control_plot";
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
-const HEIGHT = 220;
+const HEIGHT = 220; // per plot; tools/workflows.py leaves PLOT_HEIGHT for it
 
 function bounds(spec) {
   const scaleY = (y) => (spec.log_y ? Math.log10(Math.max(y, 1e-30)) : y);
@@ -18,7 +18,35 @@ function bounds(spec) {
   return { points, box: all.length ? box : { xMin: 0, xMax: 1, yMin: 0, yMax: 1 } };
 }
 
-function draw(canvas, spec, stale) {
+function drawPanel(ctx, spec, top0, width, height) {
+  const left = 52, right = 10, top = top0 + 22, bottom = top0 + height - 26;
+  const { points, box } = bounds(spec);
+  const spanX = box.xMax - box.xMin || 1, spanY = box.yMax - box.yMin || 1;
+  const px = (x) => left + ((x - box.xMin) / spanX) * (width - left - right);
+  const py = (y) => bottom - ((y - box.yMin) / spanY) * (bottom - top);
+  ctx.strokeStyle = "#888";
+  ctx.strokeRect(left, top, width - left - right, bottom - top);
+  ctx.fillStyle = "#222";
+  ctx.fillText(spec.title, 6, top0 + 14);
+  ctx.fillStyle = "#555";
+  for (const f of [0, 0.5, 1]) {
+    const y = box.yMin + f * spanY, x = box.xMin + f * spanX;
+    ctx.fillText((spec.log_y ? 10 ** y : y).toPrecision(3), 2, py(y) + 4);
+    ctx.fillText(x.toPrecision(3), px(x) - 10, bottom + 14);
+  }
+  ctx.fillText(`${spec.x_label} →   ${spec.y_label}${spec.log_y ? " (log)" : ""} ↑`, left + 4, top0 + height - 2);
+  points.forEach((pts, i) => {
+    ctx.strokeStyle = ctx.fillStyle = COLOURS[i % COLOURS.length];
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    pts.forEach(([x, y], j) => (j ? ctx.lineTo(px(x), py(y)) : ctx.moveTo(px(x), py(y))));
+    ctx.stroke();
+    ctx.fillText(spec.series[i].label, left + 8, top + 14 + 13 * i);
+  });
+}
+
+// Draw every plot a node sent, one panel each, stacked; greyed out with a note when the inputs changed since.
+function draw(canvas, specs, stale) {
   const ratio = window.devicePixelRatio || 1;
   const width = Math.max(canvas.clientWidth, 200), height = Math.max(canvas.clientHeight, 120);
   canvas.width = width * ratio;
@@ -28,40 +56,18 @@ function draw(canvas, spec, stale) {
   ctx.fillStyle = "#fdfdfd";
   ctx.fillRect(0, 0, width, height);
   ctx.font = "11px sans-serif";
-  if (!spec) {
+  if (!specs?.length) {
     ctx.fillStyle = "#777";
     ctx.fillText("Queue the prompt to see the plot.", 12, height / 2);
     return;
   }
-  const left = 52, right = 10, top = 22, bottom = 26;
-  const { points, box } = bounds(spec);
-  const spanX = box.xMax - box.xMin || 1, spanY = box.yMax - box.yMin || 1;
-  const px = (x) => left + ((x - box.xMin) / spanX) * (width - left - right);
-  const py = (y) => height - bottom - ((y - box.yMin) / spanY) * (height - top - bottom);
-  ctx.strokeStyle = "#888";
-  ctx.strokeRect(left, top, width - left - right, height - top - bottom);
-  ctx.fillStyle = "#222";
-  ctx.fillText(spec.title, 6, 14);
-  ctx.fillStyle = "#555";
-  for (const f of [0, 0.5, 1]) {
-    const y = box.yMin + f * spanY, x = box.xMin + f * spanX;
-    ctx.fillText((spec.log_y ? 10 ** y : y).toPrecision(3), 2, py(y) + 4);
-    ctx.fillText(x.toPrecision(3), px(x) - 10, height - bottom + 14);
-  }
-  ctx.fillText(`${spec.x_label} →   ${spec.y_label}${spec.log_y ? " (log)" : ""} ↑`, left + 4, height - 2);
-  points.forEach((pts, i) => {
-    ctx.strokeStyle = ctx.fillStyle = COLOURS[i % COLOURS.length];
-    ctx.lineWidth = 2;
-    ctx.beginPath();
-    pts.forEach(([x, y], j) => (j ? ctx.lineTo(px(x), py(y)) : ctx.moveTo(px(x), py(y))));
-    ctx.stroke();
-    ctx.fillText(spec.series[i].label, left + 8, top + 14 + 13 * i);
-  });
+  const panel = height / specs.length;
+  specs.forEach((spec, i) => drawPanel(ctx, spec, i * panel, width, panel));
   if (stale) {
     ctx.fillStyle = "rgba(255, 255, 255, 0.6)";
     ctx.fillRect(0, 0, width, height);
     ctx.fillStyle = "#a33";
-    ctx.fillText("Inputs changed: queue the prompt to update.", left + 8, height / 2);
+    ctx.fillText("Inputs changed: queue the prompt to update.", 60, height / 2);
   }
 }
 
@@ -74,41 +80,43 @@ function chain(prototype, name, after) {
   };
 }
 
-function hasPlot(nodeData) {
-  return nodeData.category?.startsWith("sampling/error_control") &&
-    (nodeData.output_name ?? []).some((name, i) => nodeData.output[i] === "IMAGE" && /plot/.test(name));
+// How many plots a node of the pack outputs (its IMAGE outputs named "...plot"); each gets a panel.
+function plotCount(nodeData) {
+  if (!nodeData.category?.startsWith("sampling/error_control")) return 0;
+  return (nodeData.output_name ?? []).filter((name, i) => nodeData.output[i] === "IMAGE" && /plot/.test(name)).length;
 }
 
 app.registerExtension({
   name: "ErrorControlSamplers.Plots",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!hasPlot(nodeData)) return;
+    if (!plotCount(nodeData)) return;
+    const plots = plotCount(nodeData);
     chain(nodeType.prototype, "onNodeCreated", function () {
       const canvas = document.createElement("canvas");
       canvas.className = "error-control-plot";
       canvas.style.width = "100%";
-      canvas.style.height = `${HEIGHT}px`;
+      canvas.style.height = `${HEIGHT * plots}px`;
       const widget = this.addDOMWidget(UI_KEY, "error_control_plot", canvas, { serialize: false, hideOnZoom: false });
       widget.serialize = false;
-      widget.computeLayoutSize = () => ({ minHeight: HEIGHT, minWidth: 240 });
-      this.errorControlPlot = { canvas, spec: null, stale: false };
+      widget.computeLayoutSize = () => ({ minHeight: HEIGHT * plots, minWidth: 240 });
+      this.errorControlPlot = { canvas, specs: null, stale: false };
       requestAnimationFrame(() => draw(canvas, null, false));
     });
     chain(nodeType.prototype, "onExecuted", function (output) {
-      const spec = output?.[UI_KEY]?.[0];
-      if (!spec) return;
-      Object.assign(this.errorControlPlot, { spec, stale: false });
-      draw(this.errorControlPlot.canvas, spec, false);
+      const specs = output?.[UI_KEY];
+      if (!specs?.length) return;
+      Object.assign(this.errorControlPlot, { specs, stale: false });
+      draw(this.errorControlPlot.canvas, specs, false);
     });
     chain(nodeType.prototype, "onWidgetChanged", function () {
       const plot = this.errorControlPlot;
-      if (!plot?.spec) return;
+      if (!plot?.specs) return;
       plot.stale = true;
-      draw(plot.canvas, plot.spec, true);
+      draw(plot.canvas, plot.specs, true);
     });
     chain(nodeType.prototype, "onResize", function () {
       const plot = this.errorControlPlot;
-      if (plot) requestAnimationFrame(() => draw(plot.canvas, plot.spec, plot.stale));
+      if (plot) requestAnimationFrame(() => draw(plot.canvas, plot.specs, plot.stale));
     });
   },
 });
