@@ -216,7 +216,11 @@ class ReplayGuider(comfy.samplers.CFGGuider):
                                                 self.conds.get("positive"), self.cfg, model_options=options, seed=seed)
 
 
-REPLAY_OPTIONS = [
+REPLAY_INPUTS = [
+    io.Model.Input("model"),
+    io.Conditioning.Input("positive", tooltip="The source prompt, or an edit."),
+    io.Conditioning.Input("negative"),
+    types.PolarisTrace.Input("trace", tooltip="From POLARIS Inversion or POLARIS Load Trace."),
     io.Float.Input("cfg", default=7.0, min=1.0, max=30.0, step=0.1,
                    tooltip="Your cfg; only used with blend > 0 (POLARIS' own omega replaces cfg in a reconstruction)."),
     io.Float.Input("blend", default=0.0, min=0.0, max=1.0, step=0.05,
@@ -243,8 +247,7 @@ class PolarisReplay(io.ComfyNode):
             description="A GUIDER for SamplerCustomAdvanced that combines positive and negative with the omega recorded "
                         "by POLARIS inversion at the same sigma. Sample with euler, DisableNoise, the trace's sigmas "
                         "(POLARIS Trace Sigmas) and the inverted latent.",
-            inputs=[io.Model.Input("model"), io.Conditioning.Input("positive", tooltip="The source prompt, or an edit."),
-                    io.Conditioning.Input("negative"), types.PolarisTrace.Input("trace"), *REPLAY_OPTIONS],
+            inputs=REPLAY_INPUTS,
             outputs=[io.Guider.Output()],
         )
 
@@ -262,8 +265,7 @@ class PolarisDenoise(io.ComfyNode):
             category=CATEGORY,
             description="Denoises the latent a POLARIS inversion made, replaying its omega step by step: with the source "
                         "prompt it reconstructs the image, with an edited prompt it edits it and keeps the rest.",
-            inputs=[io.Model.Input("model"), io.Conditioning.Input("positive", tooltip="The source prompt, or an edit."),
-                    io.Conditioning.Input("negative"), types.PolarisTrace.Input("trace"), *REPLAY_OPTIONS],
+            inputs=REPLAY_INPUTS,
             outputs=[io.Latent.Output()],
         )
 
@@ -340,11 +342,7 @@ class PolarisLoadTrace(io.ComfyNode):
     @classmethod
     def execute(cls, model, trace_name) -> io.NodeOutput:
         node = "POLARIS Load Trace"
-        path = types.resolve(types.TRACE_FOLDER, trace_name, node, "trace_name")
-        try:
-            trace = PolarisTrace.load(path)
-        except ValueError as err:
-            raise ValueError(f"{node}: input 'trace_name': {err}") from err
+        trace = types.load(types.TRACE_FOLDER, trace_name, node, "trace_name", PolarisTrace.load)
         check_trace(trace, model, node)
         plot = omega_plot(trace)
         return io.NodeOutput(trace, {"samples": latent_of(model, trace)}, plot.image, ui=plot.ui)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import folder_paths
 from comfy_api.latest import io
 
 VRGProfile = io.Custom("VRG_PROFILE")
 PolarisTrace = io.Custom("POLARIS_TRACE")
+T = TypeVar("T")
 PROFILE_FOLDER = "vrg_profiles"
 TRACE_FOLDER = "polaris_traces"
 EXTENSION = ".safetensors"
@@ -40,6 +43,15 @@ def resolve(folder: str, name: str, node: str, input_name: str) -> Path:
         raise ValueError(f"{node}: input '{input_name}': no file {name!r} in models/{folder}. Pick one from the list, "
                          f"or create it with the node that writes {folder}.")
     return Path(path)
+
+
+def load(folder: str, name: str, node: str, input_name: str, reader: Callable[[Path], T]) -> T:
+    """``reader(path)`` of the file ``name`` in ``folder`` (:func:`resolve`); its ``ValueError`` names the node and input."""
+    path = resolve(folder, name, node, input_name)
+    try:
+        return reader(path)
+    except ValueError as err:
+        raise ValueError(f"{node}: input '{input_name}': {err}") from err
 
 
 def new_file(folder: str, name: str, node: str, input_name: str) -> Path:

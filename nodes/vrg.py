@@ -165,11 +165,7 @@ class VRGLoadProfile(io.ComfyNode):
     @classmethod
     def execute(cls, model, profile_name) -> io.NodeOutput:
         node = "VRG Load Profile"
-        path = types.resolve(types.PROFILE_FOLDER, profile_name, node, "profile_name")
-        try:
-            profile = ErrorProfile.load(path)
-        except ValueError as err:
-            raise ValueError(f"{node}: input 'profile_name': {err}") from err
+        profile = types.load(types.PROFILE_FOLDER, profile_name, node, "profile_name", ErrorProfile.load)
         check_profile(profile, model, node)
         plot = profile_plot(profile)
         return io.NodeOutput(with_profile(model, profile), profile, plot.image, ui=plot.ui)
