@@ -1,7 +1,7 @@
 # Two commands for a fresh machine: `make demo` and `make test` (README). Both create .venv first if it is missing.
 PY := .venv/bin/python
 
-.PHONY: venv demo test unit host lint ui bench bench-quick clean
+.PHONY: venv demo test soak unit host lint ui bench bench-quick clean
 
 venv:
 	bash tools/bootstrap.sh
@@ -10,7 +10,10 @@ demo: venv
 	$(PY) tools/demo.py --out demo_out
 
 test: venv lint
-	$(PY) -m pytest tests -v -rA --durations=10
+	$(PY) -m pytest tests -m "not slow" -v -rA --durations=10
+
+soak: venv
+	$(PY) -m pytest tests/host/test_soak.py -m slow -v -s
 
 unit: venv
 	$(PY) -m pytest tests/unit -q
