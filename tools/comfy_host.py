@@ -42,7 +42,11 @@ EXAMPLE_IMAGE = "error_control_example.png"
 PACK_NAME = "error-control-samplers"
 # The example workflows name a common checkpoint and 512 px; a test or demo server has the tiny checkpoint, on which
 # 64 px runs in seconds on a CPU (its pictures mean nothing either way).
-TINY_OVERRIDES = {"CheckpointLoaderSimple": {"ckpt_name": CHECKPOINT_NAME}, "EmptyLatentImage": {"width": 64, "height": 64}}
+TINY_OVERRIDES = {"CheckpointLoaderSimple": {"ckpt_name": CHECKPOINT_NAME}, "EmptyLatentImage": {"width": 64, "height": 64},
+                  # fewer steps and levels than a user wants: the tiny model's pictures mean nothing, the graphs still run
+                  "KSampler": {"steps": 4}, "ErrorControlPolarisInversion": {"steps": 8},
+                  "ErrorControlVRGCalibrate": {"grid_points": 8}, "ErrorControlNoiseShiftMeter": {"steps": 4},
+                  "ErrorControlDiffIERGapMeter": {"steps": 4}}
 
 # The UNet of the tiny checkpoint, exactly as comfy.model_detection reads it back from the weights: SD1.5's
 # width, context and attention layout (what SD15.unet_config matches on) at one level with one block each.
