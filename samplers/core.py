@@ -29,6 +29,13 @@ def append_dims(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
+def inner(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample inner product ``[B]`` of two ``[B, ...]`` tensors, in at least float32 (a half-precision sum over a
+    latent would overflow)."""
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    return (a.flatten(1).to(dtype) * b.flatten(1).to(dtype)).sum(1)
+
+
 def alpha(sigma: Tensor, flow: bool = False) -> Tensor:
     """The signal coefficient ``a(σ)``: 1 for EPS/V (VE space), ``1 - σ`` for flow (CONST)."""
     return 1.0 - sigma if flow else torch.ones_like(sigma)

@@ -36,16 +36,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import PairDenoiser, cfg_mix, ddim_step
+from .core import PairDenoiser, cfg_mix, ddim_step, inner
 from .inversion import StepCallback, check_finite_steps
 
 
 def agreeing_weight(denoised_cond: Tensor, denoised_uncond: Tensor, ahead: Tensor, scale: float) -> Tensor:
     """Eq. W: the per-sample ``[B]`` weight whose guided estimate is closest to ``ahead``, clamped between 1 and ``scale``."""
-    delta = (denoised_cond - denoised_uncond).flatten(1)
-    norm = delta.square().sum(1).clamp_min(torch.finfo(delta.dtype).tiny)
-    target = (delta * (ahead - denoised_uncond).flatten(1)).sum(1) / norm
-    return target.clamp(min(1.0, scale), max(1.0, scale))
+    delta = denoised_cond - denoised_uncond
+    target = inner(delta, ahead - denoised_uncond) / inner(delta, delta).clamp_min(torch.finfo(delta.dtype).tiny)
+    return target.clamp(min(1.0, scale), max(1.0, scale)).to(delta.dtype)
 
 
 def diffier_step(pair: PairDenoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, scale: float, iterations: int,

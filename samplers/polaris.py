@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .artefact import ArtefactFormat
-from .core import Denoiser, PairDenoiser, append_dims, cfg_mix, check_sigmas, ddim_step, eps_from_denoised
+from .core import Denoiser, PairDenoiser, append_dims, cfg_mix, check_sigmas, ddim_step, eps_from_denoised, inner
 from .inversion import EvalAt, StepCallback, carried_prediction, check_finite_steps, ddim, evaluation_point
 
 Solver = Literal["least_squares", "dynamic", "fixed"]
@@ -38,20 +38,14 @@ FLAT = 1e-6
 """Below this ‖d_c - d_u‖² the least squares has no direction to act on, and ω_k = 1 (the authors' threshold)."""
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample inner product ``[B]``, in at least float32 (a half-precision sum over a latent would overflow)."""
-    dtype = torch.promote_types(a.dtype, torch.float32)
-    return (a.flatten(1).to(dtype) * b.flatten(1).to(dtype)).sum(1)
-
-
 def least_squares_omega(d_u: Tensor, d_c: Tensor) -> Tensor:
     """``argmin_ω ‖d_u + ω·(d_c - d_u)‖²`` per sample, clamped to [0, 15]; 1 where ``‖d_c - d_u‖² < 1e-6``.
 
     POLARIS (arXiv 2512.00369), the projection-orthogonal least squares: ``(⟨d_u,d_u⟩ - ⟨d_u,d_c⟩)/‖d_u - d_c‖²``.
     """
     direction = d_c - d_u
-    norm = _dot(direction, direction)
-    omega = -_dot(d_u, direction) / norm.clamp_min(FLAT)
+    norm = inner(direction, direction)
+    omega = -inner(d_u, direction) / norm.clamp_min(FLAT)
     return torch.where(norm < FLAT, torch.ones_like(omega), omega.clamp(0.0, OMEGA_MAX))
 
 
@@ -61,7 +55,7 @@ def dynamic_omega(omega: Tensor, d_u: Tensor, d_c: Tensor, guidance_prev: Tensor
     ``a = (1-ω)·d_u + ω·d_c`` is the change of the guided noise at the current ω, ``b = ε_c - ε_u`` of the previous step.
     """
     change = d_u + append_dims(omega, d_u.ndim).to(d_u.dtype) * (d_c - d_u)
-    step = _dot(change, guidance_prev) / (_dot(guidance_prev, guidance_prev) + FLAT)
+    step = inner(change, guidance_prev) / (inner(guidance_prev, guidance_prev) + FLAT)
     return (omega + step).clamp(0.0, OMEGA_MAX)
 
 
