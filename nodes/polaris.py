@@ -207,7 +207,7 @@ class ReplayGuider(comfy.samplers.CFGGuider):
 
         def mix(args: dict) -> torch.Tensor:
             cond, uncond = args["cond_denoised"], args["uncond_denoised"]
-            omega = replay_omega(self.trace, args["sigma"], cond.shape[0], self.cfg, self.blend)
+            omega = replay_omega(self.trace, args["sigma"], cond.shape[0], self.cfg, self.blend, self.node)
             omega = omega.to(cond).reshape(-1, *([1] * (cond.ndim - 1)))
             return args["input"] - (uncond + omega * (cond - uncond))
 
@@ -253,7 +253,7 @@ class PolarisReplay(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, trace, cfg, blend) -> io.NodeOutput:
-        return io.NodeOutput(replay_guider(model, positive, negative, trace, cfg, blend, "POLARIS Replay"))
+        return io.NodeOutput(replay_guider(model, positive, negative, trace, cfg, blend, "POLARIS Replay (guider)"))
 
 
 class PolarisDenoise(io.ComfyNode):

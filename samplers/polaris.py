@@ -130,21 +130,21 @@ class PolarisTrace:
         sigmas[-1] = end
         return sigmas
 
-    def omega_at(self, sigma: Tensor, batch: int) -> Tensor:
+    def omega_at(self, sigma: Tensor, batch: int, who: str = "POLARIS replay") -> Tensor:
         """The ω ``[B]`` to denoise with at level ``sigma``: that of the inversion step that ended there (time-aligned).
 
         The denoising step from σ_{k+1} to σ_k mirrors inversion step k, so it replays ω_k. A level the inversion never
-        reached, or a batch of another size, is an error: the replay would not undo the inversion.
+        reached, or a batch of another size, is an error (naming ``who``): the replay would not undo the inversion.
         """
         level = float(torch.as_tensor(sigma).flatten()[0])
         targets = self.sigmas[1:]
         k = int((targets - level).abs().argmin())
         if abs(float(targets[k]) - level) > 1e-4 * max(level, 1e-3):
-            raise ValueError(f"POLARIS replay: the sampler asked for σ = {level:.6g}, which is not a level of the trace "
+            raise ValueError(f"{who}: the sampler asked for σ = {level:.6g}, which is not a level of the trace "
                              f"({self.steps} steps, σ {float(self.sigmas[1]):.4g} … {float(self.sigmas[-1]):.4g}). "
                              "Sample with euler on the trace's own sigmas ('POLARIS Trace Sigmas').")
         if batch != self.omega.shape[1]:
-            raise ValueError(f"POLARIS replay: the latent batch has {batch} samples but the trace was made for "
+            raise ValueError(f"{who}: the latent batch has {batch} samples but the trace was made for "
                              f"{self.omega.shape[1]}. Replay with the inverted latent of the same trace.")
         return self.omega[k]
 
@@ -201,9 +201,10 @@ def polaris_invert(pair_denoiser: PairDenoiser, x0: Tensor, sigmas: Tensor, flow
     return x, PolarisTrace(sigmas, torch.stack(omegas), x, flow, space, eval_at, solver)
 
 
-def replay_omega(trace: PolarisTrace, sigma: Tensor, batch: int, cfg: float = 1.0, blend: float = 0.0) -> Tensor:
+def replay_omega(trace: PolarisTrace, sigma: Tensor, batch: int, cfg: float = 1.0, blend: float = 0.0,
+                 who: str = "POLARIS replay") -> Tensor:
     """ω to denoise with at ``sigma``: the recorded one, plus ``blend·(cfg - 1)`` so an edit can follow the user's cfg."""
-    return trace.omega_at(sigma, batch) + blend * (cfg - 1.0)
+    return trace.omega_at(sigma, batch, who) + blend * (cfg - 1.0)
 
 
 def replay_denoiser(pair_denoiser: PairDenoiser, trace: PolarisTrace, cfg: float = 1.0, blend: float = 0.0) -> Denoiser:

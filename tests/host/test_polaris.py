@@ -136,6 +136,6 @@ def test_replaying_on_a_latent_of_another_size_says_so(comfy):
     graph = polaris_graph(3, None, "polaris_wrong_size")
     graph["other"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 64, "batch_size": 1}}
     graph["custom"]["inputs"]["latent_image"] = ["other", 0]
-    with pytest.raises(PromptFailed, match=r"POLARIS Replay: the latent has shape \(1, 4, 8, 16\), the trace was made "
+    with pytest.raises(PromptFailed, match=r"POLARIS Replay \(guider\): the latent has shape \(1, 4, 8, 16\), the trace was made "
                                            r"for \(1, 4, 8, 8\)"):
         comfy.run(graph)
