@@ -193,9 +193,11 @@ def write_report(mode: Mode, out: Path = OUT, cost: bool = True) -> Path:
     if cost:
         runs.append(("cost", cost_section))
     for name, run in runs:
+        print(f"bench ({mode.name}): {name} …", file=sys.stderr, flush=True)  # the full mode runs for many minutes
         started = time.perf_counter()
         sections.append(run(mode))
         timings[name] = time.perf_counter() - started
+        print(f"bench ({mode.name}): {name} done in {timings[name]:.0f} s", file=sys.stderr, flush=True)
     plots = [plot_omega(out), *plot_vrg(out), plot_noise_shift(out), plot_quality_vs_nfe(out)]
     header = [f"# Error-Control Samplers: benchmark report ({mode.name} mode)", "",
               f"{date.today().isoformat()}, {platform.machine()} CPU ×{torch.get_num_threads()} threads, "
