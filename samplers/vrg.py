@@ -337,41 +337,76 @@ def _objective(f: np.ndarray, base: _Base, table: _Table, anchor_weight: float, 
     return loss, g, c, own
 
 
+def _lbfgs(objective: Callable[[np.ndarray, float], tuple[float, np.ndarray, float, np.ndarray]], size: int,
+           iterations: int, tolerance: float, memory: int = 8) -> np.ndarray | None:
+    """Minimise ``objective(f, c) -> (loss, ∂loss/∂f, c, levels)`` from ``f = 0`` by L-BFGS (Nocedal & Wright 2006,
+    Algorithm 7.4, backtracking Armijo steps); ``c`` is passed on as a warm start. Returns the levels of the best iterate
+    that beats ``f = 0``, or None. Stops after ``iterations`` steps or once a step gains ≤ ``tolerance`` of the loss.
+    """
+    f = np.zeros(size)
+    loss0, grad, c, _ = objective(f, 0.0)
+    loss, grad = 1.0, grad / loss0  # in units of the input's loss: the tolerances are relative
+    steps, changes, best = [], [], None
+    for _ in range(iterations):
+        if not np.abs(grad).max() > 0:
+            break  # a stationary point (e.g. a flat profile under a fixed top): nothing to gain
+        direction = -grad
+        weights = []
+        for s, y in zip(reversed(steps), reversed(changes)):  # two-loop recursion: H·grad from the last pairs
+            weights.append(s @ direction / (y @ s))
+            direction -= weights[-1] * y
+        # The first step moves the steepest coordinate by 1 (tanh' ≤ 1: at most one trust radius); later ones use s·y/y·y.
+        direction *= (steps[-1] @ changes[-1]) / (changes[-1] @ changes[-1]) if steps else 1.0 / np.abs(grad).max()
+        for (s, y), weight in zip(zip(steps, changes), reversed(weights)):
+            direction += s * (weight - y @ direction / (y @ s))
+        slope = grad @ direction
+        if not slope < 0:
+            break  # a direction that no longer descends (rounding near the optimum): nothing left to gain
+        t = 1.0
+        for _ in range(30):
+            trial, trial_grad, trial_c, levels = objective(f + t * direction, c)
+            if trial / loss0 <= loss + 1e-4 * t * slope:
+                break
+            t *= 0.5
+        else:
+            break
+        step, change = t * direction, trial_grad / loss0 - grad
+        if step @ change > 1e-12 * (step @ step):  # keep only pairs with positive curvature (H stays positive definite)
+            steps, changes = [*steps, step][-memory:], [*changes, change][-memory:]
+        gain = loss - trial / loss0
+        f, loss, grad, c = f + step, trial / loss0, trial_grad / loss0, trial_c
+        if loss < 1.0:
+            best = levels
+        if gain <= tolerance * loss:
+            break
+    return best
+
+
 def optimize_sigmas(sigmas: Tensor, profile: ErrorProfile, lp: float = 0.01, anchor_weight: float = 100.0,
                     fix_sigma_max: bool = True, flow: bool | None = None, iterations: int = 100,
-                    lr: float = 0.2) -> Tensor:
+                    tolerance: float = 1e-6) -> Tensor:
     """VRG: a schedule with the same steps and a lower cumulative prediction error (Xu et al. 2025; METHODS.md "VRG").
 
     The per-step ratios ``a_i = ᾱ_i/ᾱ_{i-1}`` (clean→noisy, ᾱ_{-1} that of the final level) move as
     ``a_i = a_base_i + lp_i·tanh(f_i)``, ``lp_i = min(lp, a_base_i, 1 - a_base_i)`` (less ``_EDGE``), to minimise
-    ``CPE + anchor_weight·(ᾱ_top - ᾱ_top_base)²`` over f: Adam in float64, deterministic, the best iterate kept, the
-    input itself when none beats it (100 steps reach >99.8 % of the gain L-BFGS finds). ``fix_sigma_max`` keeps the top
-    level exactly (it sets the noise of img2img/denoise < 1): a common shift of all f lands the chain on it, every ratio
-    still inside its trust region, and the anchor is moot. A flow schedule from s = 1 keeps its top anyway
-    (a_base = 0 there). ``flow`` defaults to the profile's. The result has the input's length, dtype, device and final
-    value, and is strictly decreasing.
+    ``CPE + anchor_weight·(ᾱ_top - ᾱ_top_base)²`` over f: L-BFGS in float64 (:func:`_lbfgs`), deterministic, the input
+    itself when no iterate beats it. At the default ``tolerance`` it takes 11–25 steps and reaches ≥ 99.9 % of the gain
+    of 1000 Adam steps. ``fix_sigma_max`` keeps the top level exactly (it sets the noise of img2img/denoise < 1): a common
+    shift of all f lands the chain on it, every ratio still inside its trust region, and the anchor is moot. A flow
+    schedule from s = 1 keeps its top anyway (a_base = 0 there). ``flow`` defaults to the profile's. The result has the
+    input's length, dtype, device and final value, and is strictly decreasing.
     """
     check_sigmas(sigmas, "optimize_sigmas")
     flow = _profile_flow(profile, flow, "optimize_sigmas")
     if not (np.isfinite(lp) and lp >= 0 and np.isfinite(anchor_weight) and anchor_weight >= 0):
         raise ValueError(f"optimize_sigmas: 'lp' and 'anchor_weight' must be finite and >= 0, got {lp}, {anchor_weight}.")
-    if iterations < 0 or not lr > 0:
-        raise ValueError(f"optimize_sigmas: need iterations >= 0 and lr > 0, got {iterations}, {lr}.")
+    if iterations < 0 or not tolerance >= 0:
+        raise ValueError(f"optimize_sigmas: need iterations >= 0 and tolerance >= 0, got {iterations}, {tolerance}.")
     base = _base(sigmas, flow, lp, fix_sigma_max)
     if not (base.radius > 0).any():
         return sigmas.clone()
     table = profile._table()
-    f = np.zeros_like(base.u)
-    loss0, grad, c, _ = _objective(f, base, table, anchor_weight, flow, 0.0)
-    best, best_loss = None, loss0
-    moment, power = np.zeros_like(f), np.zeros_like(f)
-    for k in range(1, iterations + 1):  # Adam (β = 0.9, 0.999) on the loss in units of the input's loss
-        moment += 0.1 * (grad / loss0 - moment)
-        power += 0.001 * ((grad / loss0) ** 2 - power)
-        f -= lr * moment / (1 - 0.9**k) / (np.sqrt(power / (1 - 0.999**k)) + 1e-8)
-        loss, grad, c, own = _objective(f, base, table, anchor_weight, flow, c)
-        if loss < best_loss:
-            best, best_loss = own, loss
+    best = _lbfgs(lambda f, c: _objective(f, base, table, anchor_weight, flow, c), len(base.u), iterations, tolerance)
     if best is None:
         return sigmas.clone()
     levels = np.concatenate(([] if base.own_top is None else [base.own_top], best[::-1]))

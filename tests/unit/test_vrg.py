@@ -134,6 +134,17 @@ def test_optimiser_lowers_the_loss_inside_the_trust_region(name, fix_sigma_max):
     assert ((ratios(out, flow) - ratios(base, flow)).abs() <= lp * (1 + 1e-9)).all()
 
 
+@pytest.mark.parametrize("base, flow, fix_sigma_max", [
+    (karras_or_uniform(10, False), False, True), (karras_or_uniform(50, False), False, True),
+    (base_schedule("normal", 20), False, False), (base_schedule("shift3", 20), True, True)])
+def test_default_stop_reaches_the_converged_gain(base, flow, fix_sigma_max):
+    """The default tolerance stops L-BFGS early for speed; it must still find nearly all of what running on finds."""
+    profile = realistic_profile(flow)
+    gain = lambda out: loss(base, base, profile) - loss(out, base, profile)  # noqa: E731
+    converged = vrg.optimize_sigmas(base, profile, fix_sigma_max=fix_sigma_max, iterations=2000, tolerance=0.0)
+    assert gain(vrg.optimize_sigmas(base, profile, fix_sigma_max=fix_sigma_max)) >= 0.995 * gain(converged) > 0
+
+
 @pytest.mark.parametrize("flow", FLOWS)
 def test_flat_profile_stays_inside_the_trust_region(flow):
     base, profile, lp = (base_schedule("shift3", 20) if flow else karras_or_uniform(20, False)), flat_profile(flow), 0.01
