@@ -238,6 +238,7 @@ def run(setting: Setting = QUICK) -> dict[str, list[dict]]:
 
 
 if __name__ == "__main__":
-    tables = run(FULL if "--full" in sys.argv else QUICK)
+    full = "--full" in sys.argv
+    tables = run(FULL if full else QUICK) | ({"testbed 2: digits": digits_rows()} if full else {})
     for title, rows in tables.items():
         print(f"\n### {title}\n\n{markdown_table(rows)}")

@@ -47,11 +47,16 @@ class Mode:
 QUICK = Mode("quick", 16, (10,), False, nag.Setting(samples=100, ref_steps=50, scales=(3.0,), mlp_steps=100),
              diffier.Setting(samples=100, ref_steps=50, scales=(1.5, 5.0, 12.0), mlp_steps=100),
              dataclasses.replace(vrg.QUICK, samples=500, seeds=(0, 1, 2)))
-FULL = Mode("full", 128, polaris.STEP_COUNTS, True, nag.QUICK, diffier.FULL, vrg.QUICK)
+FULL = Mode("full", 128, polaris.STEP_COUNTS, True, nag.QUICK, diffier.FULL, vrg.FULL)
 
 
 def section(title: str, command: str, body: str) -> str:
     return f"## {title}\n\nReproduce: `{command}`.\n\n{body}\n"
+
+
+def full_flag(mode: Mode) -> str:
+    """The flag that makes a section's own command run the full mode's settings."""
+    return " --full" if mode is FULL else ""
 
 
 def polaris_section(mode: Mode) -> str:
@@ -83,13 +88,13 @@ def diffier_section(mode: Mode) -> str:
     if mode.digits:
         body += ("\n### Testbed 2: digits\n\nFréchet distance to the training digits in the classifier's features (lower "
                  "is better) and label accuracy of 2000 samples, 10 steps.\n\n" + vrg.markdown_table(diffier.digits_rows()))
-    return section("DiffIER", "python -m bench.diffier --full", body)
+    return section("DiffIER", "python -m bench.diffier" + full_flag(mode), body)
 
 
 def vrg_section(mode: Mode) -> str:
     tables = vrg.run(mode.vrg)
     body = "".join(f"### {name}\n\n{vrg.markdown_table(rows)}\n" for name, rows in tables.items())
-    return section("VRG schedules", "python -m bench.vrg", "Testbed 1.\n\n" + body)
+    return section("VRG schedules", "python -m bench.vrg" + full_flag(mode), "Testbed 1.\n\n" + body)
 
 
 def cost_section(mode: Mode) -> str:

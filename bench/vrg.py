@@ -19,6 +19,7 @@ Three tables, each a list of dicts:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -343,3 +344,8 @@ def markdown_table(rows: list[dict]) -> str:
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     return "\n".join(lines + ["| " + " | ".join(cell(row.get(k, "")) for k in keys) + " |" for row in rows])
+
+
+if __name__ == "__main__":
+    for title, rows in run(FULL if "--full" in sys.argv else QUICK).items():
+        print(f"\n### {title}\n\n{markdown_table(rows)}")
