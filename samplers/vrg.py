@@ -390,7 +390,7 @@ def optimize_sigmas(sigmas: Tensor, profile: ErrorProfile, lp: float = 0.01, anc
     The per-step ratios ``a_i = ᾱ_i/ᾱ_{i-1}`` (clean→noisy, ᾱ_{-1} that of the final level) move as
     ``a_i = a_base_i + lp_i·tanh(f_i)``, ``lp_i = min(lp, a_base_i, 1 - a_base_i)`` (less ``_EDGE``), to minimise
     ``CPE + anchor_weight·(ᾱ_top - ᾱ_top_base)²`` over f: L-BFGS in float64 (:func:`_lbfgs`), deterministic, the input
-    itself when no iterate beats it. At the default ``tolerance`` it takes 11–25 steps and reaches ≥ 99.9 % of the gain
+    itself when no iterate beats it. At the default ``tolerance`` it takes 14–25 iterations and reaches ≥ 99.9 % of the gain
     of 1000 Adam steps. ``fix_sigma_max`` keeps the top level exactly (it sets the noise of img2img/denoise < 1): a common
     shift of all f lands the chain on it, every ratio still inside its trust region, and the anchor is moot. A flow
     schedule from s = 1 keeps its top anyway (a_base = 0 there). ``flow`` defaults to the profile's. The result has the
