@@ -32,6 +32,19 @@ def line_plot(series: dict, title: str, x_label: str, y_label: str, log_y: bool 
     return Plot(render(series, title, x_label, y_label, log_y), {UI_KEY: [spec]})
 
 
+def legend_corner(lines: list[list[tuple[float, float]]], label_lengths: list[int], left: int, right: int, top: int,
+                  box_height: int) -> tuple[int, int]:
+    """Where the legend goes: the x of the top corner (left or right) under whose box (6 px a character) less of the
+    drawn lines falls, and how many of the lines' sampled pixels still fall there."""
+    box_width = 6 * max(label_lengths, default=0) + 16
+    trace = [(x0 + t / 16 * (x1 - x0), y0 + t / 16 * (y1 - y0))
+             for line in lines for (x0, y0), (x1, y1) in zip(line, line[1:] or line) for t in range(16)]
+    corners = (left + 8, right - box_width + 8)
+    covered = [sum(x0 - 8 <= x <= x0 + box_width and y <= top + box_height for x, y in trace) for x0 in corners]
+    best = int(covered[1] < covered[0])
+    return corners[best], covered[best]
+
+
 def render(series: dict, title: str, x_label: str, y_label: str, log_y: bool = True,
            size: tuple[int, int] = (640, 400)) -> torch.Tensor:
     """The plot as a ComfyUI IMAGE ``[1, H, W, 3]`` in [0, 1]."""
@@ -52,13 +65,18 @@ def render(series: dict, title: str, x_label: str, y_label: str, log_y: bool = T
                 height - bottom - (y - y_min) / y_span * (height - top - bottom))
 
     draw.rectangle([left, top, width - right, height - bottom], outline=(90, 90, 90))
+    band = 14 * len(points) + 8
+    legend_x, covered = legend_corner([[to_pixel(*p) for p in pts] for pts in points.values()],
+                                      [len(label) for label in points], left, width - right, top, band)
+    if covered:  # no free corner: raise the top of the axis so that every line stays below the legend
+        y_span *= (height - top - bottom) / (height - top - bottom - band)
     for i, (label, pts) in enumerate(points.items()):
         colour = COLOURS[i % len(COLOURS)]
         draw.line([to_pixel(*p) for p in pts], fill=colour, width=2)
         for p in pts:
             x, y = to_pixel(*p)
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        draw.text((left + 8, top + 6 + 14 * i), label, fill=colour)
+        draw.text((legend_x, top + 6 + 14 * i), label, fill=colour)
     draw.text((left, 10), title, fill=(0, 0, 0))
     draw.text((width // 2 - 40, height - 20), x_label, fill=(0, 0, 0))
     draw.text((4, top - 14), y_label + (" (log10)" if log_y else ""), fill=(0, 0, 0))
