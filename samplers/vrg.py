@@ -345,6 +345,11 @@ def _lbfgs(objective: Callable[[np.ndarray, float], tuple[float, np.ndarray, flo
     """
     f = np.zeros(size)
     loss0, grad, c, _ = objective(f, 0.0)
+
+    def scaled(f: np.ndarray, c: float) -> tuple[float, np.ndarray, float, np.ndarray]:
+        loss, grad, c, levels = objective(f, c)
+        return loss / loss0, grad / loss0, c, levels
+
     loss, grad = 1.0, grad / loss0  # in units of the input's loss: the tolerances are relative
     steps, changes, best = [], [], None
     for _ in range(iterations):
@@ -364,17 +369,17 @@ def _lbfgs(objective: Callable[[np.ndarray, float], tuple[float, np.ndarray, flo
             break  # a direction that no longer descends (rounding near the optimum): nothing left to gain
         t = 1.0
         for _ in range(30):
-            trial, trial_grad, trial_c, levels = objective(f + t * direction, c)
-            if trial / loss0 <= loss + 1e-4 * t * slope:
+            trial, trial_grad, trial_c, levels = scaled(f + t * direction, c)
+            if trial <= loss + 1e-4 * t * slope:
                 break
             t *= 0.5
         else:
             break
-        step, change = t * direction, trial_grad / loss0 - grad
+        step, change = t * direction, trial_grad - grad
         if step @ change > 1e-12 * (step @ step):  # keep only pairs with positive curvature (H stays positive definite)
             steps, changes = [*steps, step][-memory:], [*changes, change][-memory:]
-        gain = loss - trial / loss0
-        f, loss, grad, c = f + step, trial / loss0, trial_grad / loss0, trial_c
+        gain = loss - trial
+        f, loss, grad, c = f + step, trial, trial_grad, trial_c
         if loss < 1.0:
             best = levels
         if gain <= tolerance * loss:
