@@ -40,8 +40,12 @@ def graph(*extra: dict, family: str = "eps", **nodes: dict) -> dict:
     return {**base, **nodes}
 
 
-def preview(source: str) -> dict:
+def save_latent(source: str) -> dict:
     return {"class_type": "SaveLatent", "inputs": {"samples": [source, 0], "filename_prefix": "reliability"}}
+
+
+def preview_image(source: str, output: int) -> dict:
+    return {"class_type": "PreviewImage", "inputs": {"images": [source, output]}}
 
 
 def inversion(**inputs) -> dict:
@@ -83,7 +87,7 @@ def replay_on(latent: list) -> dict:
         "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
             "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["euler", 0], "sigmas": ["levels", 0],
             "latent_image": latent}},
-        "out": preview("sample")}
+        "out": save_latent("sample")}
 
 
 def nag_patch(**inputs) -> dict:
@@ -118,35 +122,35 @@ def latent_file(name: str) -> dict:
 
 # (id, graph, exception, message): every message names the node and the input and says what to do.
 MATRIX = [
-    ("steps below 1", graph(invert=inversion(steps=0), out=preview("invert")), PromptRejected,
+    ("steps below 1", graph(invert=inversion(steps=0), out=save_latent("invert")), PromptRejected,
      r"ErrorControlPolarisInversion invert: Value 0 smaller than min of 1: steps"),
-    ("huge step count", graph(invert=inversion(steps=100000), out=preview("invert")), PromptRejected,
+    ("huge step count", graph(invert=inversion(steps=100000), out=save_latent("invert")), PromptRejected,
      r"Value 100000 bigger than max of 1000: steps"),
     ("huge VRG step count", graph(profile=load_profile(f"{PROFILE}.safetensors"), s=vrg_scheduler(steps=20000),
-                                  out={"class_type": "PreviewImage", "inputs": {"images": ["s", 1]}}), PromptRejected,
+                                  out=preview_image("s", 1)), PromptRejected,
      r"Value 20000 bigger than max of 10000: steps"),
-    ("cfg below range", graph(c=calibrate(cfg=0.5), out={"class_type": "PreviewImage", "inputs": {"images": ["c", 2]}}),
+    ("cfg below range", graph(c=calibrate(cfg=0.5), out=preview_image("c", 2)),
      PromptRejected, r"Value 0.5 smaller than min of 1.0: cfg"),
-    ("strength below range", graph(p=nag_patch(strength=-1.0), k=ksampler(["p", 0]), out=preview("k")), PromptRejected,
+    ("strength below range", graph(p=nag_patch(strength=-1.0), k=ksampler(["p", 0]), out=save_latent("k")), PromptRejected,
      r"Value -1.0 smaller than min of 0.0: strength"),
-    ("omega_start above range", graph(invert=inversion(omega_start=16.0), out=preview("invert")), PromptRejected,
+    ("omega_start above range", graph(invert=inversion(omega_start=16.0), out=save_latent("invert")), PromptRejected,
      r"Value 16.0 bigger than max of 15.0: omega_start"),
     ("blend above range", graph(invert=inversion(), d={**denoise(["invert", 1]), "inputs": {
-        **denoise(["invert", 1])["inputs"], "blend": 2.0}}, out=preview("d")), PromptRejected,
+        **denoise(["invert", 1])["inputs"], "blend": 2.0}}, out=save_latent("d")), PromptRejected,
      r"Value 2.0 bigger than max of 1.0: blend"),
     ("ascending sigmas into Inversion Sigmas", graph(f=flipped(), s={"class_type": "ErrorControlInversionSigmas", "inputs": {
         "model": ["model", 0], "sigmas": ["f", 0]}}, out={"class_type": "PreviewAny", "inputs": {"source": ["s", 0]}}),
      PromptFailed, r"Inversion Sigmas: input 'sigmas' must be strictly descending; use a scheduler's output"),
-    ("ascending sigmas into POLARIS Inversion", graph(f=flipped(), invert=inversion(sigmas=["f", 0]), out=preview("invert")),
+    ("ascending sigmas into POLARIS Inversion", graph(f=flipped(), invert=inversion(sigmas=["f", 0]), out=save_latent("invert")),
      PromptFailed, r"POLARIS Inversion: input 'sigmas' must be strictly descending"),
-    ("a schedule of zero steps", graph(s=split_last(), invert=inversion(sigmas=["s", 1]), out=preview("invert")),
+    ("a schedule of zero steps", graph(s=split_last(), invert=inversion(sigmas=["s", 1]), out=save_latent("invert")),
      PromptFailed, r"POLARIS Inversion: input 'sigmas' must be a 1-D schedule with at least 2 values.*steps >= 1"),
     ("ascending sigmas into VRG Optimize Sigmas", graph(profile=load_profile(f"{PROFILE}.safetensors"), f=flipped(), o={
         "class_type": "ErrorControlVRGOptimizeSigmas", "inputs": {"profile": ["profile", 1], "sigmas": ["f", 0], "lp": 0.01,
                                                                   "fix_sigma_max": True}},
-        out={"class_type": "PreviewImage", "inputs": {"images": ["o", 1]}}), PromptFailed,
+        out=preview_image("o", 1)), PromptFailed,
      r"VRG Optimize Sigmas.*'sigmas' must be strictly descending"),
-    ("ddim_inversion in a plain KSampler", graph(k=ksampler(["model", 0], sampler_name="ddim_inversion"), out=preview("k")),
+    ("ddim_inversion in a plain KSampler", graph(k=ksampler(["model", 0], sampler_name="ddim_inversion"), out=save_latent("k")),
      PromptFailed, r"DDIM Inversion \(sampler ddim_inversion\): input 'sigmas' must be strictly ascending; connect the "
                    r"schedule through FlipSigmas"),
     ("descending sigmas into the POLARIS inversion sampler", graph(
@@ -157,16 +161,16 @@ MATRIX = [
         n={"class_type": "DisableNoise"},
         s={"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["n", 0], "guider": ["g", 0], "sampler": ["i", 0],
                                                              "sigmas": ["schedule", 0], "latent_image": ["latent", 0]}},
-        out=preview("s")), PromptFailed, r"POLARIS Inversion \(sampler\): input 'sigmas' must be strictly ascending"),
+        out=save_latent("s")), PromptFailed, r"POLARIS Inversion \(sampler\): input 'sigmas' must be strictly ascending"),
     ("VRG scheduler on its own output", graph(profile=load_profile(f"{PROFILE}.safetensors"), s=vrg_scheduler(scheduler="vrg"),
-                                              out={"class_type": "PreviewImage", "inputs": {"images": ["s", 1]}}),
+                                              out=preview_image("s", 1)),
      PromptFailed, r"VRG Scheduler: input 'scheduler' is the base schedule VRG improves; pick one other than 'vrg'"),
     ("VRG scheduler with denoise 0", graph(profile=load_profile(f"{PROFILE}.safetensors"), s=vrg_scheduler(denoise=0.0),
-                                           out={"class_type": "PreviewImage", "inputs": {"images": ["s", 1]}}),
+                                           out=preview_image("s", 1)),
      PromptFailed, r"VRG Scheduler: input 'denoise' must be in \(0, 1\]"),
-    ("empty window", graph(p=nag_patch(start_percent=0.8, end_percent=0.2), k=ksampler(["p", 0]), out=preview("k")),
+    ("empty window", graph(p=nag_patch(start_percent=0.8, end_percent=0.2), k=ksampler(["p", 0]), out=save_latent("k")),
      PromptFailed, r"Noise Awareness Guidance \(model patch\): inputs 'start_percent' \(0.8\) and 'end_percent' \(0.2\) must"),
-    ("adaptive mode without a profile", graph(p=nag_patch(mode="adaptive"), k=ksampler(["p", 0]), out=preview("k")),
+    ("adaptive mode without a profile", graph(p=nag_patch(mode="adaptive"), k=ksampler(["p", 0]), out=save_latent("k")),
      PromptFailed, r"Noise Awareness Guidance \(model patch\): input 'profile'.*VRG Calibrate"),
     ("replay on another batch", graph(b={"class_type": "RepeatLatentBatch", "inputs": {"samples": ["latent", 0], "amount": 2}},
                                       **replay_on(["b", 0])),
@@ -174,24 +178,24 @@ MATRIX = [
     ("replay on another size", graph(e={"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 128,
                                                                                     "batch_size": 1}}, **replay_on(["e", 0])),
      PromptFailed, r"POLARIS Replay \(guider\): the latent has shape \(1, 4, 16, 8\), the trace was made for \(1, 4, 8, 8\)"),
-    ("a flow trace on an EPS model", graph(t=load_trace(f"{TRACE}_flow.safetensors"), d=denoise(["t", 0]), out=preview("d")),
+    ("a flow trace on an EPS model", graph(t=load_trace(f"{TRACE}_flow.safetensors"), d=denoise(["t", 0]), out=save_latent("d")),
      PromptFailed, r"POLARIS Load Trace: input 'trace' was made with a flow model, but this model is EPS/V"),
     ("an EPS profile on a flow model", graph(profile=load_profile(f"{PROFILE}.safetensors"), s=vrg_scheduler(),
-                                             out={"class_type": "PreviewImage", "inputs": {"images": ["s", 1]}}, family="flow"),
+                                             out=preview_image("s", 1), family="flow"),
      PromptFailed, r"VRG Load Profile: input 'profile' was calibrated for an EPS/V model, but this model is flow"),
-    ("an EPS trace on a flow model", graph(t=load_trace(f"{TRACE}.safetensors"), d=denoise(["t", 0]), out=preview("d"),
+    ("an EPS trace on a flow model", graph(t=load_trace(f"{TRACE}.safetensors"), d=denoise(["t", 0]), out=save_latent("d"),
                                            family="flow"),
      PromptFailed, r"POLARIS Load Trace: input 'trace' was made with an EPS/V model, but this model is flow"),
     ("empty calibration batch", graph(l=latent_file("zero.latent"), c=calibrate(latent=["l", 0]),
-                                      out={"class_type": "PreviewImage", "inputs": {"images": ["c", 2]}}),
+                                      out=preview_image("c", 2)),
      PromptFailed, r"VRG Calibrate: input 'latent' is empty. Connect VAE-encoded images"),
     ("NaN latent into calibration", graph(l=latent_file("nan.latent"), c=calibrate(latent=["l", 0]),
-                                          out={"class_type": "PreviewImage", "inputs": {"images": ["c", 2]}}),
+                                          out=preview_image("c", 2)),
      PromptFailed, r"VRG Calibrate: input 'latent' contains NaN/inf. Re-encode the images"),
-    ("NaN latent into POLARIS", graph(l=latent_file("nan.latent"), invert=inversion(latent=["l", 0]), out=preview("invert")),
+    ("NaN latent into POLARIS", graph(l=latent_file("nan.latent"), invert=inversion(latent=["l", 0]), out=save_latent("invert")),
      PromptFailed, r"POLARIS Inversion: input 'latent' contains NaN/inf. Re-encode the image"),
     ("zero-size latent into POLARIS", graph(l=latent_file("zero.latent"), invert=inversion(latent=["l", 0]),
-                                            out=preview("invert")),
+                                            out=save_latent("invert")),
      PromptFailed, r"POLARIS Inversion: input 'latent' is empty"),
     ("trace name with ..", graph(invert=inversion(), s={"class_type": "ErrorControlPolarisSaveTrace", "inputs": {
         "trace": ["invert", 1], "trace_name": "../escape"}}), PromptFailed,
@@ -200,23 +204,24 @@ MATRIX = [
         "trace": ["invert", 1], "trace_name": "/tmp/escape"}}), PromptFailed,
      r"POLARIS Save Trace: input 'trace_name' must be a plain file name"),
     ("profile name with ..", graph(c=calibrate(profile_name="../../escape"),
-                                   out={"class_type": "PreviewImage", "inputs": {"images": ["c", 2]}}), PromptFailed,
+                                   out=preview_image("c", 2)), PromptFailed,
      r"VRG Calibrate: input 'profile_name' must be a plain file name"),
-    ("loading a trace through ..", graph(t=load_trace("../vrg_profiles/x.safetensors"), d=denoise(["t", 0]), out=preview("d")),
+    ("loading a trace through ..", graph(t=load_trace("../vrg_profiles/x.safetensors"), d=denoise(["t", 0]),
+                                         out=save_latent("d")),
      PromptFailed, r"POLARIS Load Trace: input 'trace_name': no file '../vrg_profiles/x.safetensors' in models/polaris_traces"),
-    ("a symlinked trace pointing outside", graph(t=load_trace("outside.safetensors"), d=denoise(["t", 0]), out=preview("d")),
+    ("a symlinked trace pointing outside", graph(t=load_trace("outside.safetensors"), d=denoise(["t", 0]), out=save_latent("d")),
      PromptFailed, r"POLARIS Load Trace: input 'trace_name': no file 'outside.safetensors' in models/polaris_traces"),
     ("a symlinked profile pointing outside", graph(profile=load_profile("outside.safetensors"), s=vrg_scheduler(),
-                                                   out={"class_type": "PreviewImage", "inputs": {"images": ["s", 1]}}),
+                                                   out=preview_image("s", 1)),
      PromptFailed, r"VRG Load Profile: input 'profile_name': no file 'outside.safetensors' in models/vrg_profiles"),
-    ("a truncated trace", graph(t=load_trace("truncated.safetensors"), d=denoise(["t", 0]), out=preview("d")), PromptFailed,
+    ("a truncated trace", graph(t=load_trace("truncated.safetensors"), d=denoise(["t", 0]), out=save_latent("d")), PromptFailed,
      r"POLARIS Load Trace: input 'trace_name': PolarisTrace.load: .*truncated.safetensors is not a readable safetensors file"),
-    ("a pickle named .safetensors", graph(t=load_trace("pickled.safetensors"), d=denoise(["t", 0]), out=preview("d")),
+    ("a pickle named .safetensors", graph(t=load_trace("pickled.safetensors"), d=denoise(["t", 0]), out=save_latent("d")),
      PromptFailed, r"POLARIS Load Trace: input 'trace_name': PolarisTrace.load: .*pickled.safetensors is not a readable"),
-    ("a profile where a trace belongs", graph(t=load_trace("a_profile.safetensors"), d=denoise(["t", 0]), out=preview("d")),
+    ("a profile where a trace belongs", graph(t=load_trace("a_profile.safetensors"), d=denoise(["t", 0]), out=save_latent("d")),
      PromptFailed, r"a_profile.safetensors is a safetensors file but not a POLARIS trace. Choose a trace written by"),
     ("a corrupt profile", graph(profile=load_profile("corrupt.safetensors"), s=vrg_scheduler(),
-                                out={"class_type": "PreviewImage", "inputs": {"images": ["s", 1]}}), PromptFailed,
+                                out=preview_image("s", 1)), PromptFailed,
      r"VRG Load Profile: input 'profile_name': ErrorProfile.load: .*corrupt.safetensors is not a readable safetensors file"),
     ("the inversion sampler with BasicGuider", graph(
         g={"class_type": "BasicGuider", "inputs": {"model": ["model", 0], "conditioning": ["text", 0]}},
@@ -226,7 +231,7 @@ MATRIX = [
         levels={"class_type": "ErrorControlInversionSigmas", "inputs": {"model": ["model", 0], "sigmas": ["schedule", 0]}},
         s={"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["n", 0], "guider": ["g", 0], "sampler": ["i", 0],
                                                              "sigmas": ["levels", 0], "latent_image": ["latent", 0]}},
-        out=preview("s")), PromptFailed, r"POLARIS Inversion \(sampler\): needs the negative prompt's prediction too. Use "
+        out=save_latent("s")), PromptFailed, r"POLARIS Inversion \(sampler\): needs the negative prompt's prediction too. Use "
                                          r"CFGGuider"),
 ]
 
@@ -238,7 +243,7 @@ def artefacts(comfy):
         "trace": ["invert", 1], "trace_name": TRACE}}))
     comfy.run(graph(invert=inversion(), s={"class_type": "ErrorControlPolarisSaveTrace", "inputs": {
         "trace": ["invert", 1], "trace_name": f"{TRACE}_flow"}}, family="flow"))
-    comfy.run(graph(c=calibrate(), out={"class_type": "PreviewImage", "inputs": {"images": ["c", 2]}}))
+    comfy.run(graph(c=calibrate(), out=preview_image("c", 2)))
     models = comfy.base_dir / "models"
     traces, profiles, outside = models / "polaris_traces", models / "vrg_profiles", comfy.base_dir / "outside"
     outside.mkdir(exist_ok=True)
@@ -296,7 +301,7 @@ def test_an_interrupt_stops_within_moments_and_leaves_no_file(comfy, artefacts, 
     else:
         api = graph(b={"class_type": "RepeatLatentBatch", "inputs": {"samples": ["latent", 0], "amount": 16}},
                     c=calibrate(latent=["b", 0], grid_points=256, profile_name="interrupted"),
-                    out={"class_type": "PreviewImage", "inputs": {"images": ["c", 2]}})
+                    out=preview_image("c", 2))
         folder = profiles
     before = {p.name for p in folder.iterdir()}
     seconds = run_and_interrupt(comfy, api)
@@ -308,9 +313,9 @@ def test_an_interrupt_stops_within_moments_and_leaves_no_file(comfy, artefacts, 
 def test_the_same_prompt_twice_gives_bit_identical_latents(comfy):
     def run(prefix: str) -> dict:
         api = graph(invert=inversion(steps=5), d=denoise(["invert", 1]), p=nag_patch(), k=ksampler(["p", 0]),
-                    o1={**preview("invert"), "inputs": {"samples": ["invert", 0], "filename_prefix": f"{prefix}_inv"}},
-                    o2={**preview("d"), "inputs": {"samples": ["d", 0], "filename_prefix": f"{prefix}_den"}},
-                    o3={**preview("k"), "inputs": {"samples": ["k", 0], "filename_prefix": f"{prefix}_nag"}})
+                    o1={**save_latent("invert"), "inputs": {"samples": ["invert", 0], "filename_prefix": f"{prefix}_inv"}},
+                    o2={**save_latent("d"), "inputs": {"samples": ["d", 0], "filename_prefix": f"{prefix}_den"}},
+                    o3={**save_latent("k"), "inputs": {"samples": ["k", 0], "filename_prefix": f"{prefix}_nag"}})
         # Empty ComfyUI's output cache and unload the model, so the second run computes everything again
         requests.post(comfy.url + "/free", json={"free_memory": True, "unload_models": True}, timeout=10).raise_for_status()
         time.sleep(1.0)
