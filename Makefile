@@ -1,7 +1,7 @@
 # Two commands for a fresh machine: `make demo` and `make test` (README). Both create .venv first if it is missing.
 PY := .venv/bin/python
 
-.PHONY: venv demo test soak unit host lint ui bench bench-quick clean
+.PHONY: venv demo test soak unit host lint ui bench bench-quick device-check device-check-dry clean
 
 venv:
 	bash tools/bootstrap.sh
@@ -30,8 +30,15 @@ bench: venv
 bench-quick: venv
 	$(PY) -m bench --quick
 
+# The CUDA check (tools/device_check.py): host tests and cost bench on the GPU at each precision; --dry on the CPU.
+device-check: venv
+	$(PY) tools/device_check.py --gpu
+
+device-check-dry: venv
+	$(PY) tools/device_check.py --dry
+
 ui: venv
 	$(PY) tools/comfy_host.py ui --port 8188
 
 clean:
-	rm -rf demo_out .cache
+	rm -rf demo_out device_out .cache

@@ -38,7 +38,8 @@ from tools.comfy_host import (
     find_comfyui_dir,
     make_tiny_checkpoint,
     relink,
-    torchvision_stand_in,
+    set_device_args,
+    write_stand_ins,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,19 +76,20 @@ FULL = Settings(repeats=15, steps=10)  # EVAL.md: 9–15 each; the most, for the
 
 
 def import_comfy(base: Path) -> ModuleType:
-    """Import ComfyUI with ``--cpu`` and ``base`` as its base folder; return its ``nodes`` module.
+    """Import ComfyUI on the CPU (or tools/comfy_host.py's ``device_flags``) with ``base`` as its base folder; return
+    its ``nodes`` module.
 
     ComfyUI goes first on ``sys.path`` (its top-level ``nodes`` must win over the pack's ``nodes`` package), the
-    torchvision stand-in of tools/comfy_host.py follows where the real one does not import."""
+    import-only stand-ins of tools/comfy_host.py follow where the real packages do not import."""
     comfy_dir = find_comfyui_dir()
-    stand_in = torchvision_stand_in(CACHE / "python")
+    stand_in = write_stand_ins(CACHE / "python", Path(sys.executable))
     sys.path[:] = [str(comfy_dir), *([str(stand_in)] if stand_in else []), *[p for p in sys.path if p != str(comfy_dir)]]
     loaded = sys.modules.get("nodes")
     if loaded is not None and Path(getattr(loaded, "__file__", "")).parent != comfy_dir:
         raise RuntimeError(f"a module 'nodes' other than ComfyUI's is already imported: {loaded!r}")
+    set_device_args()
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
     comfy.cli_args.args.base_directory = str(base)
     import comfy.utils
     import torch

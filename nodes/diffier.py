@@ -19,7 +19,7 @@ from comfy_api.latest import io
 
 from ..samplers.core import check_sigmas
 from ..samplers.diffier import diffier, prediction_drift
-from .host import is_flow, sampler_model_sampling, sampler_pair_denoiser, scheduler_sigmas, step_callback
+from .host import EXPERT, aliases, is_flow, sampler_model_sampling, sampler_pair_denoiser, scheduler_sigmas, step_callback
 from .plot import UI_KEY, line_plot
 
 CATEGORY = "sampling/error_control/diffier"
@@ -59,7 +59,7 @@ def settings_inputs() -> list:
                              "one more guided model call a step; 0 is plain CFG euler."),
         io.Float.Input("damping", default=1.0, min=0.05, max=1.0, step=0.05,
                        tooltip="λ, how far each iteration moves the weight towards its closed-form value (tested "
-                               "0.5–1.0; 1 is the tested default)."),
+                               "0.5–1.0; 1 is the tested default).", **EXPERT),
     ]
 
 
@@ -68,6 +68,7 @@ class DiffIERSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlDiffIERSampler",
+            **aliases("high cfg", "guidance", "error reduction", "cfg artifacts"),
             display_name="DiffIER (reconstructed from the paper's abstract) sampler",
             category=CATEGORY,
             description="DiffIER, reconstructed from the paper's abstract: an euler sampler that, at every step, lowers "
@@ -114,6 +115,7 @@ class DiffIERGapMeter(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlDiffIERGapMeter",
+            **aliases("high cfg", "guidance", "diagnostic"),
             display_name="DiffIER (reconstructed from the paper's abstract) Gap Meter",
             category=CATEGORY,
             description="Samples the same latent twice, with plain CFG euler and with DiffIER, and plots the per-step gap "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable
 
 import comfy.model_management
@@ -10,11 +11,28 @@ import comfy.model_sampling
 import comfy.samplers
 import latent_preview
 import torch
+from comfy_api.latest import io
 from torch import Tensor
 
 from ..samplers.core import Denoiser, PairDenoiser
 
 PACK_VERSION = "0.2.0"  # as in pyproject.toml; artefacts record it
+
+
+def newer_api(cls: type, **kwargs) -> dict:
+    """The keyword arguments of ``kwargs`` that ``cls`` takes on this host. Today's node API (``advanced`` inputs and
+    ``search_aliases``, ComfyUI 0.33) is left out where the io classes lack it, so the same schema loads on 0.3.75."""
+    accepted = inspect.signature(cls).parameters
+    return {name: value for name, value in kwargs.items() if name in accepted}
+
+
+EXPERT = newer_api(io.Float.Input, advanced=True)
+"""``**EXPERT`` marks an input as an expert setting, which the frontend folds away (where the host supports it)."""
+
+
+def aliases(*words: str) -> dict:
+    """``**aliases(...)`` in a schema: the words the node search also finds the node by (where the host supports it)."""
+    return newer_api(io.Schema, search_aliases=list(words))
 
 
 def is_flow(model_sampling: object) -> bool:

@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 from ..samplers.core import check_sigmas, inversion_sigmas
 from ..samplers.inversion import ddim
-from .host import is_flow, model_is_flow, sampler_denoiser, sampler_model_sampling, step_callback
+from .host import EXPERT, aliases, is_flow, model_is_flow, sampler_denoiser, sampler_model_sampling, step_callback
 
 CATEGORY = "sampling/error_control/inversion"
 SAMPLER_NAME = "ddim_inversion"
@@ -34,6 +34,7 @@ class DDIMInversionSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlDDIMInversionSampler",
+            **aliases("inversion", "unsampler", "invert", "ddim inverse", "flip sigmas"),
             display_name="DDIM Inversion (sampler)",
             category=CATEGORY,
             description="Deterministic DDIM inversion: walks a clean latent up an ascending σ schedule to the noise that "
@@ -43,7 +44,7 @@ class DDIMInversionSampler(io.ComfyNode):
                 "eval_at", options=list(EVAL_AT), default="auto (next for EPS/V, current for flow)",
                 tooltip="Where the model is evaluated on each step up: at the current level (what FlipSigmas + euler "
                         "does) or with the next level's label on the current latent (diffusers' DDIMInverse, used by "
-                        "most inversion papers). auto picks what reconstructs best on the analytic testbed.")],
+                        "most inversion papers). auto picks what reconstructs best on the analytic testbed.", **EXPERT)],
             outputs=[io.Sampler.Output()],
         )
 
@@ -59,6 +60,7 @@ class InversionSigmas(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlInversionSigmas",
+            **aliases("inversion", "unsampler", "flip sigmas", "reverse sigmas"),
             display_name="Inversion Sigmas",
             category=CATEGORY,
             description="From one descending schedule, the ascending levels to invert along and the matching descending "

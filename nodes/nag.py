@@ -18,7 +18,7 @@ from comfy_api.latest import io
 from ..samplers.nag import estimate_sigma, nag_denoise
 from ..samplers.vrg import ErrorProfile
 from . import types
-from .host import cfg_guider, is_flow, step_callback
+from .host import EXPERT, aliases, cfg_guider, is_flow, step_callback
 from .plot import line_plot
 from .vrg import PROFILE_ATTRIBUTE, check_profile
 
@@ -38,12 +38,12 @@ def guidance_inputs() -> list:
                                "noise shift."),
         io.Float.Input("delta", default=0.15, min=0.0, max=1.0, step=0.01,
                        tooltip="δ: fixed mode's log step up in σ, adaptive mode's floor (tested 0.1–0.2 fixed, 0–0.1 "
-                               "adaptive)."),
+                               "adaptive).", **EXPERT),
         io.Float.Input("start_percent", default=0.5, min=0.0, max=1.0, step=0.01,
                        tooltip="Guide from this point of sampling on (0 = first step; tested 0.3–0.7). Early steps "
-                               "overshoot and have little noise shift."),
+                               "overshoot and have little noise shift.", **EXPERT),
         io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                       tooltip="Guide up to this point of sampling (1 = last step; tested 1.0)."),
+                       tooltip="Guide up to this point of sampling (1 = last step; tested 1.0).", **EXPERT),
         types.VRGProfile.Input("profile", optional=True,
                                tooltip="The model's VRG error profile (VRG Calibrate / VRG Load Profile) for the adaptive "
                                        "mode; without it, the profile the MODEL carries."),
@@ -108,6 +108,7 @@ class NoiseAwarenessGuidance(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlNoiseAwarenessGuidance",
+            **aliases("noise shift", "noise awareness", "exposure bias"),
             display_name="Noise Awareness Guidance (model patch)",
             category=CATEGORY,
             description="Noise Awareness Guidance (training-free): steers each step's latent back to the noise level "
@@ -129,6 +130,7 @@ class NoiseAwarenessGuider(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlNoiseAwarenessGuider",
+            **aliases("noise shift", "noise awareness", "guider"),
             display_name="Noise Awareness Guidance (guider)",
             category=CATEGORY,
             description="Classifier-free guidance plus Noise Awareness Guidance, as a GUIDER for SamplerCustomAdvanced.",
@@ -176,6 +178,7 @@ class NoiseShiftMeter(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlNoiseShiftMeter",
+            **aliases("noise shift", "noise level", "diagnostic"),
             display_name="Noise Shift Meter (Noise Awareness Guidance)",
             category=CATEGORY,
             description="Runs the same KSampler pass twice, plain and with Noise Awareness Guidance, and plots the "

@@ -24,7 +24,9 @@ from ..samplers.inversion import ddim
 from ..samplers.polaris import SOLVERS, SPACES, PolarisTrace, polaris_invert, replay_omega
 from . import types
 from .host import (
+    EXPERT,
     PACK_VERSION,
+    aliases,
     cfg_guider,
     is_flow,
     model_fingerprint,
@@ -49,15 +51,15 @@ SOLVER_HELP = {"least_squares": "the paper's projection-orthogonal least squares
 INVERSION_OPTIONS = [
     io.Combo.Input("solver", options=list(SOLVERS), default="least_squares",
                    tooltip="How ω is chosen at each step: " + "; ".join(f"{k}: {v}" for k, v in SOLVER_HELP.items())
-                           + ". least_squares reconstructs best on the testbed."),
+                           + ". least_squares reconstructs best on the testbed.", **EXPERT),
     io.Combo.Input("eval_at", options=list(EVAL_AT), default=next(iter(EVAL_AT)),
                    tooltip="Where the model is evaluated on each step up. The current level reconstructs 2-3x better "
-                           "than diffusers' next-level convention on the analytic testbed at 20-50 steps."),
+                           "than diffusers' next-level convention on the analytic testbed at 20-50 steps.", **EXPERT),
     io.Combo.Input("space", options=list(SPACES), default="v",
                    tooltip="What the least squares compares between steps: v = the velocity (x - D)/sigma that Euler "
-                           "integrates (best for flow models, identical to eps for EPS/V models), or eps."),
+                           "integrates (best for flow models, identical to eps for EPS/V models), or eps.", **EXPERT),
     io.Float.Input("omega_start", default=1.0, min=0.0, max=15.0, step=0.1,
-                   tooltip="omega of the first step (the paper: 1), and of every step for solver 'fixed'."),
+                   tooltip="omega of the first step (the paper: 1), and of every step for solver 'fixed'.", **EXPERT),
 ]
 
 
@@ -123,6 +125,7 @@ class PolarisInversion(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlPolarisInversion",
+            **aliases("inversion", "unsampler", "invert image", "reconstruct", "edit"),
             display_name="POLARIS Inversion",
             category=CATEGORY,
             description="Inverts an image latent to the noise that regenerates it (POLARIS, arXiv 2512.00369): DDIM "
@@ -167,6 +170,7 @@ class PolarisInversionSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlPolarisInversionSampler",
+            **aliases("inversion", "unsampler", "invert"),
             display_name="POLARIS Inversion (sampler)",
             category=CATEGORY,
             description="POLARIS inversion as a SAMPLER for SamplerCustomAdvanced (with CFGGuider, DisableNoise and the "
@@ -242,6 +246,7 @@ class PolarisReplay(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlPolarisReplay",
+            **aliases("inversion", "reconstruct", "edit", "guider"),
             display_name="POLARIS Replay (guider)",
             category=CATEGORY,
             description="A GUIDER for SamplerCustomAdvanced that combines positive and negative with the omega recorded "
@@ -261,6 +266,7 @@ class PolarisDenoise(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlPolarisDenoise",
+            **aliases("inversion", "reconstruct", "edit"),
             display_name="POLARIS Denoise",
             category=CATEGORY,
             description="Denoises the latent a POLARIS inversion made, replaying its omega step by step: with the source "
@@ -288,6 +294,7 @@ class PolarisTraceSigmas(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlPolarisTraceSigmas",
+            **aliases("inversion", "sigmas", "reconstruct"),
             display_name="POLARIS Trace Sigmas",
             category=CATEGORY,
             description="The descending sigmas that undo a POLARIS inversion step by step, for SamplerCustomAdvanced "
@@ -306,6 +313,7 @@ class PolarisSaveTrace(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlPolarisSaveTrace",
+            **aliases("inversion", "trace", "save"),
             display_name="POLARIS Save Trace",
             category=CATEGORY,
             description="Saves a POLARIS trace (sigmas, omega per step, the inverted latent) to models/polaris_traces as "
@@ -328,6 +336,7 @@ class PolarisLoadTrace(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlPolarisLoadTrace",
+            **aliases("inversion", "trace", "load"),
             display_name="POLARIS Load Trace",
             category=CATEGORY,
             description="Loads a trace saved by POLARIS Save Trace or the POLARIS Inversion sampler, checked against "

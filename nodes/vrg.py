@@ -23,7 +23,9 @@ from ..samplers.core import check_sigmas
 from ..samplers.vrg import ErrorProfile, cumulative_error, default_sigma_grid, measure_error_profile, optimize_sigmas
 from . import types
 from .host import (
+    EXPERT,
     PACK_VERSION,
+    aliases,
     model_fingerprint,
     model_is_flow,
     sampling_fingerprint,
@@ -87,6 +89,7 @@ class VRGCalibrate(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlVRGCalibrate",
+            **aliases("schedule", "sigmas", "calibration", "variance reduction"),
             display_name="VRG Calibrate (measure error profile)",
             category=CATEGORY,
             description="Variance-Reduction Guidance, step 1 (once per model): measures the model's x0 prediction error "
@@ -103,7 +106,7 @@ class VRGCalibrate(io.ComfyNode):
                 io.Float.Input("cfg", default=1.0, min=1.0, max=30.0, step=0.1,
                                tooltip="Guidance to calibrate under (1 = the plain model; tested 1–8)."),
                 io.Int.Input("grid_points", default=64, min=8, max=256,
-                             tooltip="Noise levels measured, log-spaced over the model's σ range (tested 32–128)."),
+                             tooltip="Noise levels measured, log-spaced over the model's σ range (tested 32–128).", **EXPERT),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the noise added to the clean latents (one shared bank for all levels)."),
                 io.String.Input("profile_name", default="vrg_profile",
@@ -151,6 +154,7 @@ class VRGLoadProfile(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlVRGLoadProfile",
+            **aliases("schedule", "calibration", "profile"),
             display_name="VRG Load Profile",
             category=CATEGORY,
             description="Loads an error profile saved by VRG Calibrate and attaches it to the MODEL for the 'vrg' "
@@ -181,6 +185,7 @@ class VRGScheduler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlVRGScheduler",
+            **aliases("schedule", "sigmas", "scheduler", "variance reduction"),
             display_name="VRG Scheduler",
             category=CATEGORY,
             description="Variance-Reduction Guidance, step 2: a base schedule re-spaced to minimise the variance of the "
@@ -192,9 +197,9 @@ class VRGScheduler(io.ComfyNode):
                                  tooltip="Sampling steps, as in BasicScheduler (tested 10-50)."),
                     io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                    tooltip="As in BasicScheduler: below 1 keeps the last steps of a longer schedule."),
-                    io.Float.Input("lp", **TRUST_REGION),
+                    io.Float.Input("lp", **TRUST_REGION, **EXPERT),
                     io.Boolean.Input("fix_sigma_max", default=True,
-                                     tooltip="Keep the first level (matters for img2img and denoise < 1).")],
+                                     tooltip="Keep the first level (matters for img2img and denoise < 1).", **EXPERT)],
             outputs=[io.Sigmas.Output(display_name="sigmas"), io.Image.Output(display_name="plot")],
         )
 
@@ -212,12 +217,13 @@ class VRGOptimizeSigmas(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlVRGOptimizeSigmas",
+            **aliases("schedule", "sigmas", "align your steps", "variance reduction"),
             display_name="VRG Optimize Sigmas",
             category=CATEGORY,
             description="Re-spaces any SIGMAS (from any scheduler node) with Variance-Reduction Guidance: same length, "
                         "same last value, strictly decreasing.",
-            inputs=[types.VRGProfile.Input("profile"), io.Sigmas.Input("sigmas"), io.Float.Input("lp", **TRUST_REGION),
-                    io.Boolean.Input("fix_sigma_max", default=True, tooltip="Keep the first level.")],
+            inputs=[types.VRGProfile.Input("profile"), io.Sigmas.Input("sigmas"), io.Float.Input("lp", **TRUST_REGION, **EXPERT),
+                    io.Boolean.Input("fix_sigma_max", default=True, tooltip="Keep the first level.", **EXPERT)],
             outputs=[io.Sigmas.Output(display_name="sigmas"), io.Image.Output(display_name="plot")],
         )
 

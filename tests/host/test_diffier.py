@@ -18,7 +18,7 @@ def dropdown(info: dict, node: str) -> list:
 
 
 def test_diffier_is_in_every_sampler_dropdown_after_the_built_in_ones(comfy):
-    built_in = sampler_names()["samplers"]  # this ComfyUI without any custom node
+    built_in = sampler_names(comfy.host)["samplers"]  # this ComfyUI without any custom node
     info = comfy.object_info()
     for node in ("KSampler", "KSamplerAdvanced", "KSamplerSelect"):
         names = dropdown(info, node)

@@ -42,6 +42,35 @@ def test_every_pack_node_has_a_doc_page_and_every_widget_a_tooltip(object_info):
                 assert spec[1].get("tooltip"), f"{node}.{name} has no tooltip"
 
 
+EXPERT_INPUTS = {"ErrorControlDDIMInversionSampler": {"eval_at"},
+                 "ErrorControlPolarisInversion": {"solver", "eval_at", "space", "omega_start"},
+                 "ErrorControlPolarisInversionSampler": {"solver", "eval_at", "space", "omega_start"},
+                 "ErrorControlNoiseAwarenessGuidance": {"delta", "start_percent", "end_percent"},
+                 "ErrorControlNoiseAwarenessGuider": {"delta", "start_percent", "end_percent"},
+                 "ErrorControlNoiseShiftMeter": {"delta", "start_percent", "end_percent"},
+                 "ErrorControlDiffIERSampler": {"damping"},
+                 "ErrorControlDiffIERGapMeter": {"damping"},
+                 "ErrorControlVRGCalibrate": {"grid_points"},
+                 "ErrorControlVRGScheduler": {"lp", "fix_sigma_max"},
+                 "ErrorControlVRGOptimizeSigmas": {"lp", "fix_sigma_max"}}
+
+
+def advanced_inputs(info: dict) -> set[str]:
+    inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
+    return {name for name, spec in inputs.items() if len(spec) > 1 and spec[1].get("advanced")}
+
+
+def test_expert_inputs_are_advanced_and_nodes_have_search_aliases_where_the_host_has_them(object_info):
+    """ComfyUI 0.33's node API folds ``advanced`` inputs away and searches ``search_aliases``; on a host without them
+    (0.3.75) the pack leaves both out and still loads. Whether the host has them: its own nodes have search aliases
+    (a V1 node may carry "advanced" on any host; V3 inputs take it where schemas take aliases)."""
+    host_has_them = any(info.get("search_aliases") for name, info in object_info.items() if not name.startswith("ErrorControl"))
+    for node in PACK_NODES:
+        assert advanced_inputs(object_info[node]) == (EXPERT_INPUTS.get(node, set()) if host_has_them else set()), node
+        aliases = object_info[node].get("search_aliases") or []
+        assert (len(aliases) >= 2) if host_has_them else not aliases, node
+
+
 def combo(object_info: dict, node: str, name: str) -> list:
     """A combo's options, whether the node declares it V1-style (a list) or V3-style (``COMBO`` + options)."""
     spec = object_info[node]["input"]["required"][name]

@@ -99,8 +99,8 @@ def test_a_trace_made_with_a_flow_model_is_refused_by_an_eps_model(comfy):
 
 
 def test_load_trace_offers_only_files_of_its_folder(comfy):
-    with pytest.raises(PromptFailed, match="POLARIS Load Trace: input 'trace_name': no file '../../user"):
-        comfy.run(load_and_denoise("../../user/default/comfy.settings", "polaris_escape"))
+    comfy.refused(load_and_denoise("../../user/default/comfy.settings", "polaris_escape"), PromptFailed,
+                  "POLARIS Load Trace: input 'trace_name': no file '../../user")
 
 
 def sampler_graph(guider: dict, trace_name: str) -> dict:

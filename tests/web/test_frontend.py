@@ -1,5 +1,6 @@
 """The real ComfyUI frontend (comfyui-frontend-package) in headless Debian Chromium against the live test server."""
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import requests
 from playwright import sync_api as playwright
 
-from tools.comfy_host import CACHE, TINY_OVERRIDES
+from tools.comfy_host import CACHE, CHECKPOINT_NAME, TINY_OVERRIDES, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -27,21 +28,38 @@ PLOT_PIXELS = """() => app.graph._nodes.filter(n => n.errorControlPlot).map(n =>
 """Every plot widget on the graph: its node type and how many saturated (series-coloured) pixels its canvas shows."""
 
 
-@pytest.fixture(scope="module")
-def page(comfy):
+@pytest.fixture(scope="session")
+def chromium():
+    """One Playwright driver and headless Debian Chromium for the session (the sync API allows one driver at a time)."""
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        # A first visit opens the template browser over the graph; a returning user has finished the tutorial.
-        requests.post(comfy.url + "/settings/Comfy.TutorialCompleted", json=True, timeout=10).raise_for_status()
-        page.goto(comfy.url + "/", wait_until="domcontentloaded")
-        page.wait_for_function("() => window.app?.graph && Object.keys(window.LiteGraph?.registered_node_types ?? {})"
-                               ".length > 100", timeout=90_000)
-        page.errors = errors
-        yield page
+        yield browser
         browser.close()
+
+
+@contextlib.contextmanager
+def browser_page(chromium, comfy, settings: dict):
+    """The frontend in a fresh browser context, loaded with ``settings`` stored on the server first; page errors
+    collected in ``page.errors``."""
+    for name, value in settings.items():
+        requests.post(f"{comfy.url}/settings/{name}", json=value, timeout=10).raise_for_status()
+    context = chromium.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(comfy.url + "/", wait_until="domcontentloaded")
+    page.wait_for_function("() => window.app?.graph && Object.keys(window.LiteGraph?.registered_node_types ?? {})"
+                           ".length > 100", timeout=90_000)
+    page.errors = errors
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def page(chromium, comfy):
+    # A first visit opens the template browser over the graph; a returning user has finished the tutorial.
+    with browser_page(chromium, comfy, {"Comfy.TutorialCompleted": True, "Comfy.VueNodes.Enabled": False}) as page:
+        yield page
 
 
 def test_the_frontend_knows_every_pack_node(page, comfy):
@@ -83,3 +101,68 @@ def test_workflow_loads_without_missing_nodes_and_runs_from_the_ui(page, comfy, 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{workflow.stem}.png"))
     assert page.errors == []
+
+
+BUILD_TXT2IMG = """async (checkpoint) => {
+    app.graph.clear();
+    const add = (type, x, y) => { const n = LiteGraph.createNode(type); n.pos = [x, y]; app.graph.add(n); return n; };
+    const ckpt = add("CheckpointLoaderSimple", 0, 0), pos = add("CLIPTextEncode", 350, 0), neg = add("CLIPTextEncode", 350, 250);
+    const empty = add("EmptyLatentImage", 350, 500), sampler = add("KSampler", 750, 0), decode = add("VAEDecode", 1100, 0);
+    const save = add("SaveImage", 1300, 0);
+    add("MarkdownNote", 0, 400);
+    ckpt.connect(0, sampler, "model"); ckpt.connect(1, pos, "clip"); ckpt.connect(1, neg, "clip"); ckpt.connect(2, decode, "vae");
+    pos.connect(0, sampler, "positive"); neg.connect(0, sampler, "negative"); empty.connect(0, sampler, "latent_image");
+    sampler.connect(0, decode, "samples"); decode.connect(0, save, "images");
+    const set = (node, name, value) => { node.widgets.find(w => w.name === name).value = value; };
+    set(ckpt, "ckpt_name", checkpoint); set(pos, "text", "a red circle"); set(neg, "text", "blurry");
+    set(empty, "width", 64); set(empty, "height", 64); set(sampler, "steps", 3);
+    return {workflow: app.graph.serialize(), prompt: (await app.graphToPrompt()).output};
+}"""
+"""SD1.5 txt2img built in the frontend as a user wires it (and a note), as the frontend saves it and as it queues it."""
+
+
+def test_a_graph_saved_by_this_frontend_converts_as_the_frontend_queues_it_and_runs(page, comfy):
+    """ui_to_api on the frontend's own saved format (1.32.9 on ComfyUI 0.3.75, 1.49.6 on 0.33.0) gives exactly the
+    API graph that the frontend itself queues, and that graph runs."""
+    built = page.evaluate(BUILD_TXT2IMG, CHECKPOINT_NAME)
+    graph = ui_to_api(built["workflow"], comfy.object_info())
+    assert sorted(node["class_type"] for node in graph.values()) == [
+        "CLIPTextEncode", "CLIPTextEncode", "CheckpointLoaderSimple", "EmptyLatentImage", "KSampler", "SaveImage",
+        "VAEDecode"]  # the note is gone
+    assert graph == {node_id: {"class_type": node["class_type"], "inputs": node["inputs"]}
+                     for node_id, node in built["prompt"].items()}
+    assert comfy.output_images(comfy.run(graph))
+
+
+def test_expert_inputs_fold_away_and_the_search_finds_nodes_by_alias(chromium, comfy):
+    """What a user of frontend 1.49.6 sees (node API with ``advanced`` and ``search_aliases``, ComfyUI 0.33): in the
+    node view, Noise Awareness Guidance shows strength and mode, its expert inputs behind "Show advanced inputs"; the
+    node search finds it by "exposure bias", a word only its aliases hold."""
+    nag = comfy.object_info()["ErrorControlNoiseAwarenessGuidance"]
+    if not nag.get("search_aliases"):
+        pytest.skip(f"{comfy.host.id}'s node API has no advanced inputs or search aliases")
+    settings = {"Comfy.TutorialCompleted": True, "Comfy.VueNodes.Enabled": True}
+    try:
+        with browser_page(chromium, comfy, settings) as page:
+            page.evaluate("""() => { app.graph.clear(); const n = LiteGraph.createNode("ErrorControlNoiseAwarenessGuidance");
+                                     n.pos = [300, 200]; app.graph.add(n); }""")
+            button = page.locator('[data-testid="advanced-inputs-button"]')
+            button.wait_for(timeout=30_000)
+            node = page.locator("[data-node-id]").filter(has_text="Noise Awareness Guidance")
+            assert node.get_by_text("strength", exact=True).is_visible()
+            assert not node.get_by_text("delta", exact=True).is_visible()
+            button.click()
+            node.get_by_text("delta", exact=True).wait_for(timeout=10_000)
+            assert node.get_by_text("start_percent", exact=True).is_visible()
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / f"advanced_inputs_{comfy.host.id}.png"))
+            page.evaluate("() => app.graph.clear()")
+            page.mouse.dblclick(900, 700)
+            page.wait_for_function("() => document.activeElement?.getAttribute('placeholder')?.startsWith('Add a node')",
+                                   timeout=10_000)
+            page.keyboard.type("exposure bias", delay=20)
+            page.get_by_role("option").filter(has_text="Noise Awareness Guidance (model patch)").first.wait_for(timeout=10_000)
+            page.screenshot(path=str(SCREENSHOTS / f"search_alias_{comfy.host.id}.png"))
+            assert page.errors == []
+    finally:
+        requests.post(f"{comfy.url}/settings/Comfy.VueNodes.Enabled", json=False, timeout=10).raise_for_status()
