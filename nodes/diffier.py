@@ -17,9 +17,20 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..samplers.core import check_sigmas
+from ..samplers.core import check_sigmas, conditional_pair
 from ..samplers.diffier import diffier, prediction_drift
-from .host import EXPERT, aliases, is_flow, sampler_model_sampling, sampler_pair_denoiser, scheduler_sigmas, step_callback
+from .host import (
+    EXPERT,
+    aliases,
+    check_latent_fits,
+    check_sampler_latent,
+    is_flow,
+    sampler_denoiser,
+    sampler_model_sampling,
+    sampler_pair_denoiser,
+    scheduler_sigmas,
+    step_callback,
+)
 from .plot import UI_KEY, line_plot
 
 CATEGORY = "sampling/error_control/diffier"
@@ -41,10 +52,12 @@ def run_diffier(model, x, sigmas, extra_args, callback, iterations: int, damping
     """:func:`samplers.diffier.diffier` on the wrapped model a sampler function receives; the samples and the weights ω."""
     check_settings(node, iterations, damping)
     check_sigmas(sigmas, node, "sigmas")
-    guider = model.inner_model
+    check_sampler_latent(model, x, node)
+    cfg = float(model.inner_model.cfg)
     flow = is_flow(sampler_model_sampling(model))
-    pair = sampler_pair_denoiser(model, extra_args, node)
-    return diffier(pair, x, sigmas, float(guider.cfg), iterations, damping, flow, step_callback(callback))
+    # cfg 1 (a guidance-distilled model's): no guidance to correct, so plain euler at one model call a step
+    pair = sampler_pair_denoiser(model, extra_args, node) if cfg != 1 else conditional_pair(sampler_denoiser(model, extra_args))
+    return diffier(pair, x, sigmas, cfg, iterations, damping, flow, step_callback(callback))
 
 
 def sample_diffier(model, x, sigmas, extra_args=None, callback=None, disable=None, iterations: int = 1, damping: float = 1.0):
@@ -103,6 +116,7 @@ def recorded_run(model, positive, negative, latent: dict, seed: int, sigmas: tor
         preview(step, denoised, x, total)
 
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    check_latent_fits(model, samples, node, "latent_image")
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
     out = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(sampler_function), sigmas, positive,
                                      negative, samples, noise_mask=latent.get("noise_mask"), callback=on_step,

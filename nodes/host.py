@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 from collections.abc import Callable
 
 import comfy.model_management
@@ -163,6 +164,71 @@ def weights_fingerprint(model_patcher) -> str:
     return "weights:" + digest.hexdigest()[:16]
 
 
+FAMILY_TAG = "family:"
+
+
+def model_family(model_patcher) -> str:
+    """The model family as ComfyUI's detection named it: its supported-model class (SD15, SDXL, SD3, Flux, WAN21_T2V, ...)."""
+    return type(model_patcher.model.model_config).__name__
+
+
 def model_fingerprint(model_patcher) -> str:
-    """What an artefact made with this MODEL records: its sampling and weights fingerprints."""
-    return f"{sampling_fingerprint(model_patcher.get_model_object('model_sampling'))} {weights_fingerprint(model_patcher)}"
+    """What an artefact made with this MODEL records: its sampling and weights fingerprints and its family."""
+    return (f"{sampling_fingerprint(model_patcher.get_model_object('model_sampling'))} {weights_fingerprint(model_patcher)} "
+            f"{FAMILY_TAG}{model_family(model_patcher)}")
+
+
+def check_made_for(made_for: str, made_flow: bool, model_patcher, node: str, input_name: str, made: str, remake: str
+                   ) -> None:
+    """An artefact against the MODEL it is used with. ``made_for`` is its :func:`model_fingerprint`, ``made_flow`` its
+    parametrisation, ``made`` how it came about ("made with", "calibrated for"), ``remake`` what to do instead.
+    Another parametrisation or family is refused, naming both; other weights of the same family get a warning only.
+    Files from before families were recorded carry none and are checked by parametrisation alone."""
+    flow = model_is_flow(model_patcher)
+    if made_flow != flow:
+        raise ValueError(f"{node}: input '{input_name}' was {made} {'a flow' if made_flow else 'an EPS/V'} model, but this "
+                         f"model is {'flow' if flow else 'EPS/V'}. {remake}")
+    family = model_family(model_patcher)
+    made_family = next((part.removeprefix(FAMILY_TAG) for part in made_for.split() if part.startswith(FAMILY_TAG)), family)
+    if made_family != family:
+        raise ValueError(f"{node}: input '{input_name}' was {made} a {made_family} model, but this model is {family}. "
+                         f"{remake}")
+    if weights_fingerprint(model_patcher) not in made_for:
+        logging.warning(f"{node}: input '{input_name}' was {made} other weights of the {family} family ({made_for}); "
+                        f"it still applies, but the result is best with this model's own. {remake}")
+
+
+def check_latent_fits(model_patcher, samples: Tensor, node: str, input_name: str) -> None:
+    """A latent must have the channels and dimensions of this model's latent space (4-channel SD1/SDXL images,
+    16-channel SD3/Flux images, 16-channel Wan video ``[B, C, T, H, W]``); else a ValueError naming both and the fix.
+    (ComfyUI's own sampling resizes an all-zero latent's channels first: ``comfy.sample.fix_empty_latent_channels``.)"""
+    latent_format = model_patcher.get_model_object("latent_format")
+    channels, dims = latent_format.latent_channels, getattr(latent_format, "latent_dimensions", 2)
+    if samples.ndim == dims + 2 and samples.shape[1] == channels:
+        return
+    kind = {4: "image", 5: "video"}.get(samples.ndim, f"{samples.ndim}-D")
+    got = f"{samples.shape[1]}-channel {kind}" if samples.ndim >= 2 else kind
+    wanted = "video [B, C, T, H, W]" if dims == 3 else "image [B, C, H, W]"
+    raise ValueError(f"{node}: input '{input_name}' is a {got} latent {tuple(samples.shape)}, but this "
+                     f"{model_family(model_patcher)} model takes {channels}-channel {wanted} latents. Encode with this "
+                     "model's VAE (VAE Encode), or start from this family's empty latent node.")
+
+
+def check_clean_latent(model_patcher, samples: Tensor, node: str, source: str) -> None:
+    """Clean latents to invert or calibrate on: not empty (``source`` says what to connect), finite, this model's."""
+    if samples.numel() == 0:
+        raise ValueError(f"{node}: input 'latent' is empty. Connect {source}.")
+    if not torch.isfinite(samples).all():
+        raise ValueError(f"{node}: input 'latent' contains NaN/inf. Re-encode the images.")
+    check_latent_fits(model_patcher, samples, node, "latent")
+
+
+def check_sampler_latent(model, x: Tensor, node: str) -> None:
+    """:func:`check_latent_fits` for the latent a k-diffusion-style sampler function receives."""
+    check_latent_fits(model.inner_model.model_patcher, x, node, "latent_image")
+
+
+def guidance_distilled(model_patcher) -> bool:
+    """Whether the model takes its guidance strength as an input (Flux-dev: FluxGuidance) instead of a negative prompt."""
+    params = getattr(model_patcher.model.diffusion_model, "params", None)
+    return bool(getattr(params, "guidance_embed", False))

@@ -11,7 +11,16 @@ from comfy_api.latest import io
 
 from ..samplers.core import check_sigmas, inversion_sigmas
 from ..samplers.inversion import ddim
-from .host import EXPERT, aliases, is_flow, model_is_flow, sampler_denoiser, sampler_model_sampling, step_callback
+from .host import (
+    EXPERT,
+    aliases,
+    check_sampler_latent,
+    is_flow,
+    model_is_flow,
+    sampler_denoiser,
+    sampler_model_sampling,
+    step_callback,
+)
 
 CATEGORY = "sampling/error_control/inversion"
 SAMPLER_NAME = "ddim_inversion"
@@ -25,6 +34,7 @@ EVAL_AT = {
 def sample_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, eval_at: str = "auto"):
     """k-diffusion sampler function: deterministic DDIM inversion along ascending ``sigmas`` (samplers.inversion.ddim)."""
     check_sigmas(sigmas, "DDIM Inversion (sampler ddim_inversion)", "sigmas", ascending=True)
+    check_sampler_latent(model, x, "DDIM Inversion (sampler ddim_inversion)")
     flow = is_flow(sampler_model_sampling(model))
     return ddim(sampler_denoiser(model, extra_args), x, sigmas, flow, eval_at, step_callback(callback))
 

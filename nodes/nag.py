@@ -18,7 +18,7 @@ from comfy_api.latest import io
 from ..samplers.nag import estimate_sigma, nag_denoise
 from ..samplers.vrg import ErrorProfile
 from . import types
-from .host import EXPERT, aliases, cfg_guider, is_flow, step_callback
+from .host import EXPERT, aliases, cfg_guider, check_latent_fits, is_flow, step_callback
 from .plot import line_plot
 from .vrg import PROFILE_ATTRIBUTE, check_profile
 
@@ -150,7 +150,7 @@ class NoiseAwarenessGuider(io.ComfyNode):
 
 
 def recorded_run(model, profile: ErrorProfile, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
-                 scheduler: str, positive, negative, progress: comfy.utils.ProgressBar) -> tuple[list, list]:
+                 scheduler: str, positive, negative, progress: comfy.utils.ProgressBar, node: str) -> tuple[list, list]:
     """One KSampler pass that records, at every model call, the scheduled level and the RMS over the batch of the level
     the latent shows (:func:`samplers.nag.estimate_sigma` on the conditional prediction)."""
     scheduled, estimated = [], []
@@ -164,6 +164,7 @@ def recorded_run(model, profile: ErrorProfile, latent: dict, seed: int, steps: i
     recorder = model.clone()
     recorder.set_model_sampler_post_cfg_function(record)
     samples = comfy.sample.fix_empty_latent_channels(recorder, latent["samples"])
+    check_latent_fits(recorder, samples, node, "latent_image")
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
     start = progress.current
     on_step = step_callback(lambda step: progress.update_absolute(start + step["i"] + 1))
@@ -209,7 +210,7 @@ class NoiseShiftMeter(io.ComfyNode):
         guided = patched(model, node, strength, mode, delta, start_percent, end_percent, profile)
         progress = comfy.utils.ProgressBar(2 * steps)
         run = dict(profile=profile, latent=latent_image, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
-                   scheduler=scheduler, positive=positive, negative=negative, progress=progress)
+                   scheduler=scheduler, positive=positive, negative=negative, progress=progress, node=node)
         scheduled, plain = recorded_run(model, **run)
         _, with_guidance = recorded_run(guided, **run)
         series = {"scheduled sigma": (range(len(scheduled)), scheduled),

@@ -13,13 +13,12 @@ Two ways to use it:
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..samplers.core import check_sigmas, inversion_sigmas
+from ..samplers.core import check_sigmas, conditional_pair, inversion_sigmas
 from ..samplers.inversion import ddim
 from ..samplers.polaris import SOLVERS, SPACES, PolarisTrace, polaris_invert, replay_omega
 from . import types
@@ -28,6 +27,10 @@ from .host import (
     PACK_VERSION,
     aliases,
     cfg_guider,
+    check_clean_latent,
+    check_made_for,
+    check_sampler_latent,
+    guidance_distilled,
     is_flow,
     model_fingerprint,
     model_is_flow,
@@ -37,7 +40,6 @@ from .host import (
     sampler_pair_denoiser,
     scheduler_sigmas,
     step_callback,
-    weights_fingerprint,
 )
 from .plot import Plot, line_plot
 
@@ -63,23 +65,24 @@ INVERSION_OPTIONS = [
 ]
 
 
-def omega_plot(trace: PolarisTrace) -> Plot:
-    """ω against the inversion step, one line per sample (at most four)."""
+DISTILLED = {"solver": "fixed", "omega_start": 1.0}
+"""POLARIS on a guidance-distilled model (Flux-dev): the conditional model alone, ω ≡ 1, i.e. plain DDIM inversion."""
+
+
+def omega_plot(trace: PolarisTrace, distilled: bool = False) -> Plot:
+    """ω against the inversion step, one line per sample (at most four); says so when the model is guidance-distilled."""
     steps = list(range(trace.steps))
     series = {f"sample {b}": (steps, trace.omega[:, b].tolist()) for b in range(min(4, trace.omega.shape[1]))}
-    return line_plot(series, f"POLARIS omega per step ({trace.steps} steps, mean {float(trace.omega.mean()):.3g})",
-                     "inversion step", "omega", log_y=False)
+    title = (f"guidance-distilled model: omega = 1, plain inversion ({trace.steps} steps)" if distilled else
+             f"POLARIS omega per step ({trace.steps} steps, mean {float(trace.omega.mean()):.3g})")
+    return line_plot(series, title, "inversion step", "omega", log_y=False)
 
 
 def check_trace(trace: PolarisTrace, model_patcher, node: str) -> None:
-    """The trace must be for this model's parametrisation; other weights are worth a warning only."""
-    flow = model_is_flow(model_patcher)
-    if trace.flow != flow:
-        raise ValueError(f"{node}: input 'trace' was made with {'a flow' if trace.flow else 'an EPS/V'} model, but this "
-                         f"model is {'flow' if flow else 'EPS/V'}. Invert the image with this model.")
-    if weights_fingerprint(model_patcher) not in trace.model:
-        logging.warning(f"{node}: the trace was made with other weights ({trace.model}); the replay will not "
-                        "reconstruct the image faithfully. Invert with this model for the best result.")
+    """The trace must be for this model's parametrisation and family; other weights are worth a warning only. A trace
+    replays at its own recorded levels, so another shift (or Flux resolution) of the same model still reconstructs."""
+    check_made_for(trace.model, trace.flow, model_patcher, node, "trace", "made with",
+                   "Invert the image with this model.")
 
 
 def inversion_sampler(options: dict, node: str, result: dict):
@@ -87,10 +90,14 @@ def inversion_sampler(options: dict, node: str, result: dict):
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         check_sigmas(sigmas, node, "sigmas", ascending=True)
+        check_sampler_latent(model, x, node)
         flow = is_flow(sampler_model_sampling(model))
-        z, trace = polaris_invert(sampler_pair_denoiser(model, extra_args, node), x, sigmas.to(x.device), flow,
-                                  callback=step_callback(callback), **options)
         patcher = model.inner_model.model_patcher
+        if guidance_distilled(patcher):  # no negative branch for ω to weigh: plain inversion, one call a step
+            pair, chosen = conditional_pair(sampler_denoiser(model, extra_args)), {**options, **DISTILLED}
+        else:
+            pair, chosen = sampler_pair_denoiser(model, extra_args, node), options
+        z, trace = polaris_invert(pair, x, sigmas.to(x.device), flow, callback=step_callback(callback), **chosen)
         result["trace"] = dataclasses.replace(trace, model=model_fingerprint(patcher), pack_version=PACK_VERSION)
         return z
 
@@ -103,13 +110,6 @@ def inversion_options(solver: str, eval_at: str, space: str, omega_start: float,
     if solver not in SOLVERS or space not in SPACES:
         raise ValueError(f"{node}: inputs 'solver'/'space' must be one of {SOLVERS}/{SPACES}, got {solver!r}/{space!r}.")
     return {"solver": solver, "eval_at": EVAL_AT[eval_at], "space": space, "omega_start": omega_start}
-
-
-def check_latent(samples: torch.Tensor, node: str) -> None:
-    if samples.numel() == 0:
-        raise ValueError(f"{node}: input 'latent' is empty. Connect a VAE Encode of the image to invert.")
-    if not torch.isfinite(samples).all():
-        raise ValueError(f"{node}: input 'latent' contains NaN/inf. Re-encode the image.")
 
 
 def latent_of(model_patcher, trace: PolarisTrace) -> torch.Tensor:
@@ -152,7 +152,7 @@ class PolarisInversion(io.ComfyNode):
                 sigmas=None) -> io.NodeOutput:
         node = "POLARIS Inversion"
         options = inversion_options(solver, eval_at, space, omega_start, node)
-        check_latent(latent["samples"], node)
+        check_clean_latent(model, latent["samples"], node, "a VAE Encode of the image to invert")
         if sigmas is None:
             sigmas = scheduler_sigmas(model, scheduler, steps, 1.0, node)
         check_sigmas(sigmas, node, "sigmas")
@@ -161,7 +161,7 @@ class PolarisInversion(io.ComfyNode):
         inverted = sample_with(cfg_guider(model, positive, negative, 1.0), latent["samples"], up,
                                inversion_sampler(options, node, result))
         trace = result["trace"]
-        plot = omega_plot(trace)
+        plot = omega_plot(trace, guidance_distilled(model))
         return io.NodeOutput({"samples": inverted}, trace, plot.image, ui=plot.ui)
 
 
@@ -209,6 +209,10 @@ class ReplayGuider(comfy.samplers.CFGGuider):
             raise ValueError(f"{self.node}: the latent has shape {tuple(x.shape)}, the trace was made for "
                              f"{tuple(self.trace.latent.shape)}. Replay the inverted latent of the same trace.")
 
+        if self.conditional_only:  # ω ≡ 1: the conditional model alone, one call a step (as ComfyUI's cfg 1)
+            return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds.get("positive"), 1.0,
+                                                    model_options=model_options, seed=seed)
+
         def mix(args: dict) -> torch.Tensor:
             cond, uncond = args["cond_denoised"], args["uncond_denoised"]
             omega = replay_omega(self.trace, args["sigma"], cond.shape[0], self.cfg, self.blend, self.node)
@@ -238,6 +242,8 @@ def replay_guider(model, positive, negative, trace: PolarisTrace, cfg: float, bl
     guider = ReplayGuider(model, trace, blend, node)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
+    # a trace of ω ≡ 1 (a guidance-distilled model's) replayed without blend needs no negative prediction
+    guider.conditional_only = bool((trace.omega == 1).all()) and blend * (cfg - 1) == 0
     return guider
 
 

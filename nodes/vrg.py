@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 
 import comfy.model_management
 import comfy.samplers
@@ -26,11 +25,12 @@ from .host import (
     EXPERT,
     PACK_VERSION,
     aliases,
+    check_clean_latent,
+    check_made_for,
     model_fingerprint,
     model_is_flow,
     sampling_fingerprint,
     scheduler_sigmas,
-    weights_fingerprint,
     with_guided_denoiser,
 )
 from .plot import Plot, line_plot
@@ -53,15 +53,10 @@ def with_profile(model_patcher, profile: ErrorProfile):
 
 
 def check_profile(profile: ErrorProfile, model_patcher, node: str) -> None:
-    """The profile must be for the model's parametrisation; another model's weights are worth a visible warning only."""
-    flow = model_is_flow(model_patcher)
-    if profile.flow != flow:
-        made_for = "a flow (CONST)" if profile.flow else "an EPS/V"
-        raise ValueError(f"{node}: input 'profile' was calibrated for {made_for} model, but this model is "
-                         f"{'flow' if flow else 'EPS/V'}. Calibrate this model with 'VRG Calibrate'.")
-    if weights_fingerprint(model_patcher) not in profile.model:
-        logging.warning(f"{node}: the error profile was calibrated on other weights ({profile.model}); "
-                        "the schedule is still valid, but calibrate this model for the best result.")
+    """The profile must be for the model's parametrisation and family; another model's weights are worth a visible
+    warning only. The schedule is re-derived from the model's own σ table at each use, so another shift still applies."""
+    check_made_for(profile.model, profile.flow, model_patcher, node, "profile", "calibrated for",
+                   "Calibrate this model with 'VRG Calibrate'.")
 
 
 def base_sigmas(model_patcher, scheduler: str, steps: int, denoise: float, node: str) -> torch.Tensor:
@@ -121,10 +116,7 @@ class VRGCalibrate(io.ComfyNode):
         node = "VRG Calibrate"
         target = types.new_file(types.PROFILE_FOLDER, profile_name, node, "profile_name")
         samples = latent["samples"]
-        if samples.numel() == 0 or samples.shape[0] == 0:
-            raise ValueError(f"{node}: input 'latent' is empty. Connect VAE-encoded images (a batch of 4–16).")
-        if not torch.isfinite(samples).all():
-            raise ValueError(f"{node}: input 'latent' contains NaN/inf. Re-encode the images.")
+        check_clean_latent(model, samples, node, "VAE-encoded images (a batch of 4–16)")
         flow = model_is_flow(model)
         model_sampling = model.get_model_object("model_sampling")
         sigma_max = min(float(model_sampling.sigma_max), 1.0) if flow else float(model_sampling.sigma_max)

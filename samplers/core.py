@@ -92,6 +92,17 @@ def guided(pair_denoiser: PairDenoiser, scale: Tensor | float) -> Denoiser:
     return denoiser
 
 
+def conditional_pair(denoiser: Denoiser) -> PairDenoiser:
+    """A cond/uncond pair whose two halves are one conditional call: every guided mix of it is ``denoiser`` itself
+    (no negative to guide away from: guidance-distilled models, or cfg 1), at one model call instead of two."""
+
+    def pair(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        denoised = denoiser(x, sigma)
+        return denoised, denoised
+
+    return pair
+
+
 def flow_to_ve(x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     """Map a flow state at level ``s`` to VE: ``σ_ve = s/(1-s)``, ``x_ve = x/(1-s)`` (METHODS.md)."""
     return x / append_dims(1.0 - s, x.ndim), s / (1.0 - s)

@@ -16,6 +16,7 @@ from tools.comfy_host import (
     CHECKPOINT_NAME,
     EXAMPLE_IMAGE,
     ComfyServer,
+    family_links,
     hosts_to_test,
     make_tiny_checkpoint,
     write_example_image,
@@ -35,14 +36,16 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="session")
 def comfy(request, tmp_path_factory):
     """A running ComfyServer on ``request.param`` (its base folder under pytest's tmp dir, its log in
-    ``base_dir/server.log``)."""
+    ``base_dir/server.log``), with the tiny SD1.5 checkpoint and the tiny files of every family the host loads
+    (tools/families.py), and the test-only conditioning pack for them."""
     host = request.param
     began = time.perf_counter()
     make_tiny_checkpoint(CACHE / CHECKPOINT_NAME)
-    TIMINGS["tiny checkpoint ready"] = f"{time.perf_counter() - began:.1f} s"
+    links = family_links(host)
+    TIMINGS[f"tiny checkpoints ready for {host.id}"] = f"{time.perf_counter() - began:.1f} s"
     base_dir = tmp_path_factory.mktemp(f"base-{host.id}")
     write_example_image(base_dir / "input" / EXAMPLE_IMAGE)
-    with ComfyServer(base_dir, REPO, host=host) as server:
+    with ComfyServer(base_dir, REPO, host=host, links=links) as server:
         TIMINGS[host.id] = f"{host.comfy_dir}, answered in {server.start_seconds:.1f} s; log {server.log_path}"
         print(f"\n{host.id} from {host.comfy_dir} answered in {server.start_seconds:.1f} s on {server.url}")
         yield server

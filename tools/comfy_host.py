@@ -288,13 +288,13 @@ def import_comfy() -> None:
     set_device_args()
 
 
-def run_comfy_child(host: Host, *args: str, stand_in_folder: Path = CACHE / "python") -> str:
-    """Run a subcommand of this file in a child process of ``host``; return its stdout, raise with its stderr if it
-    fails."""
-    done = subprocess.run([str(host.python), str(Path(__file__).resolve()), *args], capture_output=True, text=True,
+def run_comfy_child(host: Host, *args: str, script: Path = Path(__file__), stand_in_folder: Path = CACHE / "python") -> str:
+    """Run a subcommand of ``script`` (this file) in a child process of ``host``; return its stdout, raise with its
+    stderr if it fails."""
+    done = subprocess.run([str(host.python), str(script.resolve()), *args], capture_output=True, text=True,
                           env=comfy_env(host, stand_in_folder))
     if done.returncode != 0:
-        raise RuntimeError(f"`comfy_host.py {' '.join(args)}` failed on {host.id}:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"`{script.name} {' '.join(args)}` failed on {host.id}:\n{done.stderr[-4000:]}")
     return done.stdout
 
 
@@ -336,13 +336,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def prepare_base(base_dir: Path, pack_dir: Path, pack_name: str, checkpoint: Path) -> None:
-    """Create ComfyUI's base folder: the pack symlinked into ``custom_nodes``, the tiny checkpoint linked in."""
+def prepare_base(base_dir: Path, pack_dir: Path, pack_name: str, checkpoint: Path, links: dict[str, Path] | None = None
+                 ) -> None:
+    """Create ComfyUI's base folder: the pack symlinked into ``custom_nodes``, the tiny checkpoint linked in, and
+    ``links`` (paths under ``base_dir`` -> targets: more packs, model files)."""
     for sub in ("custom_nodes", "models/checkpoints", "input", "output", "user"):
         (base_dir / sub).mkdir(parents=True, exist_ok=True)
     relink(base_dir / "custom_nodes" / pack_name, pack_dir.resolve())
     make_tiny_checkpoint(checkpoint)
     relink(base_dir / "models" / "checkpoints" / CHECKPOINT_NAME, checkpoint.resolve())
+    for relative, target in (links or {}).items():
+        (base_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        relink(base_dir / relative, target.resolve())
+
+
+FAMILY_CACHE = CACHE / "families"
+TEST_CONDITIONING_PACK = REPO / "tests" / "host" / "conditioning_pack"
+
+
+def family_links(host: Host) -> dict[str, Path]:
+    """Links for a test server's base folder: the tiny files of every family ``host`` loads (tools/families.py; made
+    once into ``.cache/families`` by a child of ``host``, the same bytes on every host) and the test-only pack that
+    feeds them conditioning (no tiny text encoder exists for these families)."""
+    from tools import families
+
+    links = {"custom_nodes/error-control-test-conditioning": TEST_CONDITIONING_PACK}
+    for family in families.FAMILIES:
+        if not families.host_supports(family, host.version):
+            continue
+        paths = families.family_paths(family, FAMILY_CACHE)
+        if not all(path.is_file() for path in paths):
+            run_comfy_child(host, "write", family, str(FAMILY_CACHE), script=REPO / "tools" / "families.py")
+        links.update({f"models/{path.relative_to(FAMILY_CACHE)}": path for path in paths})
+    return links
 
 
 def relink(link: Path, target: Path) -> None:
@@ -451,12 +477,15 @@ class ComfyServer:
     ``base_dir`` becomes ComfyUI's ``--base-directory`` (models, custom_nodes, input, output, user, server.log);
     ``pack_dir`` is symlinked into it as ``custom_nodes/<pack_name>``; ``port`` None picks a free loopback port;
     ``extra_env`` is added to the server's environment; ``checkpoint`` is where the tiny checkpoint is cached;
-    ``host`` is the ComfyUI to run (default: this interpreter's, see ``default_host``).
+    ``host`` is the ComfyUI to run (default: this interpreter's, see ``default_host``); ``links`` are linked into the
+    base folder (``prepare_base``).
     """
 
     def __init__(self, base_dir: Path, pack_dir: Path, pack_name: str = PACK_NAME, port: int | None = None,
-                 extra_env: dict | None = None, checkpoint: Path = CACHE / CHECKPOINT_NAME, host: Host | None = None):
+                 extra_env: dict | None = None, checkpoint: Path = CACHE / CHECKPOINT_NAME, host: Host | None = None,
+                 links: dict[str, Path] | None = None):
         self.host = host or default_host()
+        self.links = links
         self.base_dir = Path(base_dir).resolve()
         self.pack_dir = Path(pack_dir)
         self.pack_name = pack_name
@@ -486,7 +515,7 @@ class ComfyServer:
 
     def start(self, timeout: float = 120) -> None:
         """Prepare the base folder, start the server and wait until it answers ``/system_stats``."""
-        prepare_base(self.base_dir, self.pack_dir, self.pack_name, self.checkpoint)
+        prepare_base(self.base_dir, self.pack_dir, self.pack_name, self.checkpoint, self.links)
         self.port = self.port or free_port()
         command = [str(self.host.python), str(Path(__file__).resolve()), "launch",
                    *server_args(self.host, self.base_dir, self.port)]
