@@ -87,7 +87,8 @@ class DiffIERSampler(io.ComfyNode):
             description="DiffIER, reconstructed from the paper's abstract: an euler sampler that, at every step, lowers "
                         "the cfg weight where it overshoots what the model itself predicts at the step's next state "
                         "(never below 1, never above your cfg), with K iterations. Use with CFGGuider in "
-                        "SamplerCustomAdvanced; 2·(1+K) model calls a step.",
+                        "SamplerCustomAdvanced; 2·(1+K) model calls a step. At cfg 1 (a guidance-distilled model "
+                        "such as Flux-dev) there is no guidance to correct: it is plain euler at one call a step.",
             inputs=settings_inputs(),
             outputs=[io.Sampler.Output()],
         )

@@ -67,6 +67,9 @@ INVERSION_OPTIONS = [
 
 DISTILLED = {"solver": "fixed", "omega_start": 1.0}
 """POLARIS on a guidance-distilled model (Flux-dev): the conditional model alone, ω ≡ 1, i.e. plain DDIM inversion."""
+DISTILLED_NOTE = ("On a guidance-distilled model (Flux-dev: cfg 1 + FluxGuidance) there is no negative branch for omega "
+                  "to weigh: it inverts with the conditional model alone, omega = 1 (plain DDIM inversion, one call a "
+                  "step), and the plot says so.")
 
 
 def omega_plot(trace: PolarisTrace, distilled: bool = False) -> Plot:
@@ -130,7 +133,7 @@ class PolarisInversion(io.ComfyNode):
             category=CATEGORY,
             description="Inverts an image latent to the noise that regenerates it (POLARIS, arXiv 2512.00369): DDIM "
                         "inversion with a per-step guidance scale omega solved by least squares, recorded in a trace. "
-                        "Same model calls as CFG inversion. Denoise the result with POLARIS Denoise.",
+                        "Same model calls as CFG inversion. Denoise the result with POLARIS Denoise. " + DISTILLED_NOTE,
             inputs=[
                 io.Model.Input("model"),
                 io.Conditioning.Input("positive", tooltip="A prompt that describes the image."),
@@ -175,7 +178,7 @@ class PolarisInversionSampler(io.ComfyNode):
             category=CATEGORY,
             description="POLARIS inversion as a SAMPLER for SamplerCustomAdvanced (with CFGGuider, DisableNoise and the "
                         "inversion_sigmas of 'Inversion Sigmas'). The trace is saved to models/polaris_traces under "
-                        "trace_name; load it with POLARIS Load Trace.",
+                        "trace_name; load it with POLARIS Load Trace. " + DISTILLED_NOTE,
             inputs=[*INVERSION_OPTIONS,
                     io.String.Input("trace_name", default="polaris_trace",
                                     tooltip="File name in models/polaris_traces (letters, digits, '_', '-', '.').")],

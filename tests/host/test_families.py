@@ -283,17 +283,30 @@ def test_a_trace_replays_unchanged_at_another_shift(comfy, flow_family):
     assert torch.equal(second[f"{prefix}_replayed_polaris"], first[f"{prefix}_polaris"])
 
 
-def test_on_a_guidance_distilled_model_diffier_at_cfg_1_is_plain_euler(comfy):
+def test_on_a_guidance_distilled_model_diffier_is_plain_euler_and_nag_and_vrg_apply(comfy):
+    """Flux-dev at cfg 1 + FluxGuidance, as users run it: DiffIER has no guidance to correct (plain euler); Noise
+    Awareness Guidance (a model patch on the conditional prediction) and a VRG schedule change the sample.
+    (POLARIS' ω ≡ 1 there: test_batch_of_two_images_at_a_non_square_size_gets_one_omega_per_image.)"""
     if not host_supports("flux", comfy.host.version):
         pytest.skip(f"flux's tiny file does not load on {comfy.host.id}")
     graph = base_graph("flux")
-    empty = dict(FAMILIES["flux"].empty_latent)
-    graph["empty"] = empty
-    for sampler in ("euler", "diffier"):
-        graph[f"k_{sampler}"] = {"class_type": "KSampler", "inputs": {
-            "model": model("flux"), **conds("flux"), "latent_image": ["empty", 0], "seed": 5, "steps": 6, "cfg": 1.0,
-            "sampler_name": sampler, "scheduler": "simple", "denoise": 1.0}}
-    latents = comfy.output_latents(comfy.run(save(graph, "flux_cfg1", euler=["k_euler", 0], diffier=["k_diffier", 0])))
-    plain, diffier = latents["flux_cfg1_euler"], latents["flux_cfg1_diffier"]
+    graph["empty"] = dict(FAMILIES["flux"].empty_latent)
+    graph["calibrate"] = {"class_type": "ErrorControlVRGCalibrate", "inputs": {
+        "model": model("flux"), "latent": ["latent", 0], "positive": conds("flux")["positive"], "cfg": 1.0,
+        "grid_points": 8, "seed": 0, "profile_name": "flux_distilled"}}
+    graph["nag"] = {"class_type": "ErrorControlNoiseAwarenessGuidance", "inputs": {
+        "model": model("flux"), "strength": 0.5, "mode": "fixed", "delta": 0.15, "start_percent": 0.0, "end_percent": 1.0}}
+    runs = {"euler": (model("flux"), "euler", "simple"), "diffier": (model("flux"), "diffier", "simple"),
+            "nag": (["nag", 0], "euler", "simple"), "vrg": (["calibrate", 0], "euler", "vrg")}
+    for name, (source, sampler, scheduler) in runs.items():
+        graph[f"k_{name}"] = {"class_type": "KSampler", "inputs": {
+            "model": source, **conds("flux"), "latent_image": ["empty", 0], "seed": 5, "steps": 6, "cfg": 1.0,
+            "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0}}
+    latents = comfy.output_latents(comfy.run(save(graph, "flux_cfg1", **{name: [f"k_{name}", 0] for name in runs})))
+    plain = latents["flux_cfg1_euler"]
     # DiffIER's DDIM step and euler's x + d·Δσ are the same step in different float32 rounding
-    torch.testing.assert_close(diffier, plain, rtol=0, atol=1e-4 * float(plain.abs().max()))
+    torch.testing.assert_close(latents["flux_cfg1_diffier"], plain, rtol=0, atol=1e-4 * float(plain.abs().max()))
+    for name in ("nag", "vrg"):
+        change = mse(latents[f"flux_cfg1_{name}"], plain) / float(plain.square().mean())
+        print(f"flux cfg 1: {name} changes the sample by {change:.3g} (relative MSE)")
+        assert change > 1e-4, name
