@@ -5,8 +5,9 @@ with the model's own guided prediction at the step's next state, found by K damp
 ``diffier`` in every sampler dropdown (K = 1, λ = 1), a SAMPLER node with K and λ for SamplerCustomAdvanced (with
 CFGGuider), and a Gap Meter that plots the per-step gap diagnostic of plain CFG against DiffIER. The sampler needs the
 positive and negative predictions separately: it reads them from the guider's CFG combination in the same batched model
-call (``host.sampler_pair_denoiser``), so it works with KSampler and CFGGuider, not with BasicGuider; post-CFG model
-patches are left out of its steps.
+call (``host.sampler_pair_denoiser``), with KSampler and CFGGuider; post-CFG model patches are left out of its steps.
+At cfg 1 (BasicGuider, a guidance-distilled model such as Flux-dev) there is no guidance to correct: it is plain euler
+on the conditional prediction, one model call a step.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from tools.comfy_host import TINY_OVERRIDES, PromptFailed, sampler_names, txt2img, ui_to_api
+from tools.comfy_host import TINY_OVERRIDES, sampler_names, txt2img, ui_to_api
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "diffier_cfg_sweep.json"
 DIFFIER_NODES = {"ErrorControlDiffIERSampler", "ErrorControlDiffIERGapMeter"}
@@ -68,12 +69,19 @@ def test_sampler_node_runs_on_a_flow_model(comfy):
     assert comfy.output_images(comfy.run(graph))
 
 
-def test_basic_guider_is_refused_with_the_fix(comfy):
-    graph = custom_advanced("diffier_basic_guider")
-    graph["guider"] = {"class_type": "BasicGuider", "inputs": {"model": ["ckpt", 0], "conditioning": ["pos", 0]}}
-    with pytest.raises(PromptFailed, match=r"DiffIER \(sampler diffier\).*CFGGuider"):
-        comfy.run(graph)
-    assert comfy.run(txt2img(prefix="diffier_after_error"))  # the server keeps serving
+def test_with_basic_guider_it_is_plain_euler(comfy):
+    """BasicGuider (positive only, the usual Flux graph) is cfg 1: no guidance for DiffIER to correct, so it samples as
+    euler with the same guider, at one model call a step."""
+    latents = {}
+    for sampler in ("diffier", "euler"):
+        graph = custom_advanced(f"diffier_basic_{sampler}")
+        graph["guider"] = {"class_type": "BasicGuider", "inputs": {"model": ["ckpt", 0], "conditioning": ["pos", 0]}}
+        if sampler == "euler":
+            graph["sampler"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+        graph["latent"] = {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": sampler}}
+        latents.update(comfy.output_latents(comfy.run(graph)))
+    plain = latents["euler"]
+    torch.testing.assert_close(latents["diffier"], plain, rtol=0, atol=1e-4 * float(plain.abs().max()))
 
 
 def test_gap_meter_outputs_both_plots_and_a_latent(comfy):
