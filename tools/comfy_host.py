@@ -46,9 +46,14 @@ CACHE = REPO / ".cache"
 CHECKPOINT_NAME = "tiny_sd15.safetensors"
 EXAMPLE_IMAGE = "error_control_example.png"
 PACK_NAME = "error-control-samplers"
-# The example workflows name a common checkpoint and 512 px; a test or demo server has the tiny checkpoint, on which
-# 64 px runs in seconds on a CPU (its pictures mean nothing either way).
+# The example workflows name users' model files and 512-1024 px; a test or demo server has the tiny SD1.5 checkpoint
+# (and, under users' names, tiny files of the families: ``tiny_overrides``), on which 64 px runs in seconds on a CPU
+# (their pictures mean nothing either way).
 TINY_OVERRIDES = {"CheckpointLoaderSimple": {"ckpt_name": CHECKPOINT_NAME}, "EmptyLatentImage": {"width": 64, "height": 64},
+                  "EmptySD3LatentImage": {"width": 64, "height": 64},
+                  "EmptyHunyuanLatentVideo": {"width": 64, "height": 64, "length": 5},
+                  # a video workflow's frames: one image scaled and repeated into 5 frames, a [1, 16, 2, 8, 8] Wan latent
+                  "ImageScale": {"width": 64, "height": 64}, "RepeatImageBatch": {"amount": 5},
                   # fewer steps and levels than a user wants: the tiny model's pictures mean nothing, the graphs still run
                   "KSampler": {"steps": 4}, "ErrorControlPolarisInversion": {"steps": 8},
                   "ErrorControlVRGCalibrate": {"grid_points": 8}, "ErrorControlNoiseShiftMeter": {"steps": 4},
@@ -820,6 +825,84 @@ def ui_to_api(workflow: dict, object_info: dict, overrides: dict | None = None) 
                 inputs[socket_input["name"]] = source
         api[str(node["id"])] = {"class_type": kind, "inputs": {**inputs, **(overrides or {}).get(kind, {})}}
     return api
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Example workflows on a test server: tiny files, and seeded conditioning in place of text encoders
+#
+# A Flux, SD3.5 or Wan workflow names the files users have (tools/families.py); a test server carries tiny files of
+# those families under the same names, but no text encoder: none exists small enough for a test (their configs are
+# fixed and full-size). So each prompt's CLIPTextEncode becomes the test-only ErrorControlTestConditioning of the
+# workflow's family (tests/host/conditioning_pack: seeded tensors of the encoders' shapes) and the text-encoder loaders
+# go. ``tiny_api_graph`` does it on the API graph; the browser test does the same in the page from the same plan.
+
+TEXT_ENCODER_LOADERS = {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader"}
+TEXT_ENCODERS = {"CLIPTextEncode"}
+TEST_CONDITIONING = "ErrorControlTestConditioning"
+
+
+def workflow_family(workflow: dict) -> str | None:
+    """The model family (tools/families.py) whose files a UI workflow's loaders name; None for the SD1.5 examples,
+    which run on the tiny SD1.5 checkpoint with its own tiny CLIP."""
+    from tools import families
+
+    by_file = {tiny.name: name for name, family in families.FAMILIES.items() for tiny in family.files}
+    found = {by_file[value] for node in workflow["nodes"] for value in saved_widget_values(node)
+             if isinstance(value, str) and value in by_file}
+    if len(found) > 1:
+        raise ValueError(f"the workflow loads files of several families: {sorted(found)}")
+    return found.pop() if found else None
+
+
+def saved_widget_values(node: dict) -> list:
+    """A UI node's saved widget values, whether saved as a list or by name."""
+    values = node.get("widgets_values") or []
+    return list(values.values()) if isinstance(values, dict) else values
+
+
+def conditioning_stand_ins(workflow: dict) -> dict | None:
+    """How a test server runs a family's workflow without text encoders: None for a workflow of no family; else
+    ``{"family": ..., "encoders": {node id: seed}, "loaders": [node id, ...]}``: each encoder becomes the test
+    conditioning of the family from its seed (its node id, so that different prompts differ), each loader goes."""
+    family = workflow_family(workflow)
+    if family is None:
+        return None
+    return {"family": family,
+            "encoders": {str(node["id"]): node["id"] for node in workflow["nodes"] if node["type"] in TEXT_ENCODERS},
+            "loaders": [str(node["id"]) for node in workflow["nodes"] if node["type"] in TEXT_ENCODER_LOADERS]}
+
+
+def tiny_overrides(workflow: dict) -> dict:
+    """TINY_OVERRIDES for one workflow: a family's workflow keeps its checkpoint name (the test server has the family's
+    tiny file under it), the SD1.5 examples load the tiny SD1.5 checkpoint."""
+    if workflow_family(workflow) is None:
+        return TINY_OVERRIDES
+    return {kind: values for kind, values in TINY_OVERRIDES.items() if kind != "CheckpointLoaderSimple"}
+
+
+def why_host_cannot_run(workflow: dict, host: Host) -> str | None:
+    """Why a test server of ``host`` cannot run a workflow (its family's tiny file does not load there), or None."""
+    from tools import families
+
+    family = workflow_family(workflow)
+    if family is None or families.host_supports(family, host.version):
+        return None
+    return f"the tiny {family} file loads only on ComfyUI >= {families.FAMILIES[family].min_comfyui}, not on {host.id}"
+
+
+def tiny_api_graph(workflow: dict, object_info: dict) -> dict:
+    """A UI workflow as a test or demo server runs it: the API graph with ``tiny_overrides``, and for a family's workflow
+    the text encoders replaced by seeded conditioning (``conditioning_stand_ins``)."""
+    graph = ui_to_api(workflow, object_info, tiny_overrides(workflow))
+    stand_ins = conditioning_stand_ins(workflow)
+    if stand_ins is None:
+        return graph
+    for node_id, seed in stand_ins["encoders"].items():
+        graph[node_id] = {"class_type": TEST_CONDITIONING, "inputs": {"family": stand_ins["family"], "seed": seed,
+                                                                       "length": 0}}
+    for node_id in stand_ins["loaders"]:
+        del graph[node_id]
+    return graph
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,14 @@ sys.path.insert(0, str(REPO))
 
 from bench import polaris, vrg  # noqa: E402
 from bench.inversion import STEP_COUNTS, reconstruction_table  # noqa: E402
-from tools.comfy_host import TINY_OVERRIDES, ComfyServer, ui_to_api, write_example_image  # noqa: E402
+from tools.comfy_host import (  # noqa: E402
+    ComfyServer,
+    default_host,
+    family_links,
+    tiny_api_graph,
+    why_host_cannot_run,
+    write_example_image,
+)
 
 
 def psnr(a: Path, b: Path) -> float:
@@ -31,15 +38,24 @@ def psnr(a: Path, b: Path) -> float:
 
 
 def run_workflows(out: Path) -> list[dict]:
-    """Queue each workflow of ``workflows/`` on one live server; copy its images; time it; compare input vs output."""
+    """Queue each workflow of ``workflows/`` on one live server; copy its images; time it; compare input vs output.
+
+    The server carries the tiny SD1.5 checkpoint and the tiny files of the model families it loads, with seeded
+    conditioning in place of their text encoders (``tiny_api_graph``); a workflow whose family's tiny file does not
+    load on this host is skipped, and its row says why."""
     rows = []
-    with ComfyServer(out / "comfy_base", REPO) as server:
+    host = default_host()
+    with ComfyServer(out / "comfy_base", REPO, host=host, links=family_links(host)) as server:
         write_example_image(server.base_dir / "input" / "error_control_example.png")
         object_info = server.object_info()
         for path in sorted((REPO / "workflows").glob("*.json")):
-            graph = ui_to_api(json.loads(path.read_text()), object_info, TINY_OVERRIDES)
+            workflow = json.loads(path.read_text())
+            if reason := why_host_cannot_run(workflow, host):
+                rows.append({"workflow": path.name, "skipped": reason})
+                print(f"demo: {path.name}: skipped: {reason}")
+                continue
             start = time.perf_counter()
-            history = server.run(graph)
+            history = server.run(tiny_api_graph(workflow, object_info))
             seconds = time.perf_counter() - start
             images = {}
             for image in server.output_images(history):
@@ -82,6 +98,14 @@ VRG_TABLES = {
 }
 
 
+def workflow_row(row: dict) -> str:
+    """A row of the example workflows' table: time, images and PSNR where it has a reconstruction, or why it was skipped."""
+    if "skipped" in row:
+        return f"| {row['workflow']} | skipped: {row['skipped']} | – | – |"
+    psnr_db = f"{row['psnr_db']:.1f}" if "psnr_db" in row else "–"
+    return f"| {row['workflow']} | {row['seconds']:.1f} | {row['images']} | {psnr_db} |"
+
+
 def write_metrics(out: Path, testbed: list[dict], polaris_rows: list[dict], vrg_tables: dict, workflows: list[dict]) -> Path:
     lines = ["# Demo metrics", "", f"{time.strftime('%Y-%m-%d %H:%M')}, {sys.platform}, CPU", "",
              "## DDIM inversion on the analytic testbed (16-d Gaussian mixture, exact denoiser, cfg 1, 256 samples)", "",
@@ -92,12 +116,12 @@ def write_metrics(out: Path, testbed: list[dict], polaris_rows: list[dict], vrg_
     for key, title in VRG_TABLES.items():
         lines += ["", f"## {title}", "", "Analytic testbed, quick setting of bench/vrg.py (2000 samples, 3 seeds).", "",
                   vrg.markdown_table(vrg_tables[key])]
-    lines += ["", "## Example workflows on ComfyUI 0.3.75 with the tiny random-weight SD1.5 checkpoint", "",
-              "The tiny model draws no meaningful pictures: these rows show the graphs run and what inversion loses.", "",
+    lines += ["", f"## Example workflows on {default_host().id} with tiny random-weight model files", "",
+              "SD1.5 examples on the tiny SD1.5 checkpoint; Flux, SD3.5 and Wan examples on tiny files of those families "
+              "with seeded conditioning in place of their text encoders (none is small enough). The tiny models draw no "
+              "meaningful pictures: these rows show the graphs run and what inversion loses.", "",
               "| workflow | wall time (s) | images | PSNR input vs reconstruction (dB) |", "|---|---|---|---|"]
-    lines += [f"| {r['workflow']} | {r['seconds']:.1f} | {r['images']} | "
-              f"{r['psnr_db']:.1f} |" if "psnr_db" in r else f"| {r['workflow']} | {r['seconds']:.1f} | {r['images']} | – |"
-              for r in workflows]
+    lines += [workflow_row(r) for r in workflows]
     target = out / "metrics.md"
     target.write_text("\n".join(lines) + "\n")
     return target

@@ -14,7 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tools.comfy_host import MEDIA_UPLOADS, ComfyServer, widget_slots  # noqa: E402
+from tools.comfy_host import MEDIA_UPLOADS, NOTE_TYPES, ComfyServer, widget_slots  # noqa: E402
+from tools.families import FAMILIES  # noqa: E402
 
 PLOT_HEIGHT = 230
 """Pixels the live plots of web/js/plots.js add to a node, per plot output."""
@@ -39,6 +40,15 @@ class Node:
 
     def __getitem__(self, slot: int) -> Out:
         return Out(self.id, slot)
+
+
+def node_height(node: dict) -> int:
+    """Pixels a serialised node needs: a row per input and widget, the live plots, a note's text (48 characters a
+    line at the width of 340)."""
+    if node["type"] in NOTE_TYPES:
+        return 60 + 20 * sum(len(line) // 48 + 1 for line in node["widgets_values"][0].splitlines())
+    height = 60 + 26 * (len(node["inputs"]) + len(node["widgets_values"]))
+    return height + PLOT_HEIGHT * sum(out["type"] == "IMAGE" and "plot" in out["name"] for out in node["outputs"])
 
 
 def input_spec(node_info: dict, name: str) -> list:
@@ -86,6 +96,12 @@ class Graph:
         self.nodes.append(node)
         return node
 
+    def note(self, text: str, title: str) -> Node:
+        """A MarkdownNote: a node of the frontend only (not in ``/object_info``), left out when the graph is queued."""
+        node = Node(len(self.nodes) + 1, "MarkdownNote", {}, [text], title)
+        self.nodes.append(node)
+        return node
+
     def _columns(self) -> dict:
         column: dict[int, int] = {}
         for node in self.nodes:  # nodes are added after their inputs, so one pass suffices
@@ -111,8 +127,7 @@ class Graph:
         tops: dict[int, int] = {}
         for node_id, col in self._columns().items():
             node = serialised[node_id]
-            height = 60 + 26 * (len(node["inputs"]) + len(node["widgets_values"]))
-            height += PLOT_HEIGHT * sum(out["type"] == "IMAGE" and "plot" in out["name"] for out in node["outputs"])
+            height = node_height(node)
             top = tops.get(col, 40)
             tops[col] = top + max(height, 110) + 60
             node.update(pos=[40 + 380 * col, top], size=[340, max(height, 110)])
@@ -123,6 +138,15 @@ class Graph:
 
 CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
 EXAMPLE_IMAGE = "error_control_example.png"
+
+
+def decode_and_save(g: Graph, vae: Out, samples: Out, prefix: str, title: str, fps: float | None = None) -> None:
+    """VAE Decode → Save Image; with ``fps``, the frames of a video latent → Save Animated WEBP at that rate."""
+    images = g.add("VAEDecode", samples=samples, vae=vae)[0]
+    if fps is None:
+        g.add("SaveImage", title=title, images=images, filename_prefix=prefix)
+    else:
+        g.add("SaveAnimatedWEBP", title=title, images=images, filename_prefix=prefix, fps=fps)
 
 
 def ddim_inversion_reconstruct(g: Graph) -> None:
@@ -141,41 +165,88 @@ def ddim_inversion_reconstruct(g: Graph) -> None:
     rebuild = g.add("SamplerCustomAdvanced", title="Reconstruct (noise → image)", noise=no_noise[0], guider=guider[0],
                     sampler=g.add("KSamplerSelect", sampler_name="euler")[0], sigmas=levels[1],
                     latent_image=invert[0])
-    g.add("SaveImage", title="Input (VAE round trip)", images=g.add("VAEDecode", samples=latent[0], vae=ckpt[2])[0],
-          filename_prefix="ddim_inversion/input")
-    g.add("SaveImage", title="Reconstruction", images=g.add("VAEDecode", samples=rebuild[0], vae=ckpt[2])[0],
-          filename_prefix="ddim_inversion/reconstruction")
+    decode_and_save(g, ckpt[2], latent[0], "ddim_inversion/input", "Input (VAE round trip)")
+    decode_and_save(g, ckpt[2], rebuild[0], "ddim_inversion/reconstruction", "Reconstruction")
 
 
 PROFILE = "vrg_profile"
+CLIP_L, CLIP_G, T5XXL = "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"
+UMT5_XXL = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+FLUX_GUIDANCE = 3.5
+"""Flux-dev's usual distilled guidance (FluxGuidance); its sampler runs at cfg 1."""
 
 
-def prompts(g: Graph, ckpt: Node, text: str) -> tuple[Node, Node]:
-    positive = g.add("CLIPTextEncode", title="Prompt", text=text, clip=ckpt[1])
-    return positive, g.add("CLIPTextEncode", title="Negative prompt", text="blurry, low quality", clip=ckpt[1])
+def user_file(family: str, folder: str) -> str:
+    """The name users' file of a family has in a ComfyUI model folder (tools/families.py; the test servers carry a tiny
+    file under that name, so the workflows run there unchanged)."""
+    return next(tiny.name for tiny in FAMILIES[family].files if tiny.folder == folder)
 
 
-def decode_and_save(g: Graph, ckpt: Node, samples: Out, prefix: str, title: str) -> None:
-    g.add("SaveImage", title=title, images=g.add("VAEDecode", samples=samples, vae=ckpt[2])[0], filename_prefix=prefix)
+def prompts(g: Graph, clip: Out, text: str) -> tuple[Node, Node]:
+    positive = g.add("CLIPTextEncode", title="Prompt", text=text, clip=clip)
+    return positive, g.add("CLIPTextEncode", title="Negative prompt", text="blurry, low quality", clip=clip)
+
+
+def flux_loaders(g: Graph) -> tuple[Node, Node, Node]:
+    """Flux.1-dev as ComfyUI's Flux template loads it: the diffusion model, CLIP-L + T5-XXL, the ``ae`` VAE."""
+    unet = g.add("UNETLoader", unet_name=user_file("flux", "diffusion_models"))
+    clip = g.add("DualCLIPLoader", clip_name1=CLIP_L, clip_name2=T5XXL, type="flux")
+    return unet, clip, g.add("VAELoader", vae_name=user_file("flux", "vae"))
+
+
+def flux_prompt(g: Graph, clip: Out, text: str, title: str) -> Node:
+    """CLIPTextEncode → FluxGuidance: Flux-dev takes its guidance in the conditioning."""
+    encoded = g.add("CLIPTextEncode", title=title, text=text, clip=clip)
+    return g.add("FluxGuidance", conditioning=encoded[0], guidance=FLUX_GUIDANCE)
+
+
+def flux_negative(g: Graph, positive: Node) -> Node:
+    """The negative input of a sampler at cfg 1: never evaluated, so zeroed rather than prompted."""
+    return g.add("ConditioningZeroOut", title="Negative (unused at cfg 1)", conditioning=positive[0])
+
+
+def ksampler_and_save(g: Graph, model: Out, positive: Node, negative: Node, latent: Node, vae: Out, label: str,
+                      prefix: str, **sampling) -> None:
+    """One of several KSamplers side by side (titled by ``label``), decoded and saved as ``prefix``."""
+    sampled = g.add("KSampler", title=f"KSampler ({label})", model=model, positive=positive[0], negative=negative[0],
+                    latent_image=latent[0], seed=7, **sampling)
+    decode_and_save(g, vae, sampled[0], prefix, f"Sampled ({label})")
+
+
+def vrg_calibration(g: Graph, model: Out, clip: Out, vae: Out, profile_name: str) -> Node:
+    """Encoded images (one example, repeated) → VRG Calibrate with an empty prompt at cfg 1."""
+    image = g.add("LoadImage", image=EXAMPLE_IMAGE)
+    clean = g.add("RepeatLatentBatch", title="Clean latents (use 4–16 of your own images)",
+                  samples=g.add("VAEEncode", pixels=image[0], vae=vae)[0], amount=4)
+    empty_prompt = g.add("CLIPTextEncode", title="Empty prompt (calibration)", text="", clip=clip)
+    return g.add("ErrorControlVRGCalibrate", model=model, latent=clean[0], positive=empty_prompt[0], grid_points=32,
+                 profile_name=profile_name)
 
 
 def vrg_calibrate_and_sample(g: Graph) -> None:
     """Calibrate VRG on encoded images, then the same KSampler with the 'normal' and the 'vrg' schedule side by side."""
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    image = g.add("LoadImage", image=EXAMPLE_IMAGE)
-    clean = g.add("RepeatLatentBatch", title="Clean latents (use 4–16 of your own images)",
-                  samples=g.add("VAEEncode", pixels=image[0], vae=ckpt[2])[0], amount=4)
-    empty_prompt = g.add("CLIPTextEncode", title="Empty prompt (calibration)", text="", clip=ckpt[1])
-    calibrate = g.add("ErrorControlVRGCalibrate", model=ckpt[0], latent=clean[0], positive=empty_prompt[0],
-                      grid_points=32, profile_name=PROFILE)
+    calibrate = vrg_calibration(g, ckpt[0], ckpt[1], ckpt[2], PROFILE)
     g.add("SaveImage", title="Error profile", images=calibrate[2], filename_prefix="vrg/error_profile")
-    positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
+    positive, negative = prompts(g, ckpt[1], "a lighthouse on a cliff at sunset")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
     for scheduler, model in (("normal", ckpt[0]), ("vrg", calibrate[0])):
-        sampled = g.add("KSampler", title=f"KSampler ({scheduler})", model=model, positive=positive[0],
-                        negative=negative[0], latent_image=latent[0], seed=7, steps=20, cfg=7.0,
-                        sampler_name="euler", scheduler=scheduler)
-        decode_and_save(g, ckpt, sampled[0], f"vrg/{scheduler}", f"Sampled with '{scheduler}'")
+        ksampler_and_save(g, model, positive, negative, latent, ckpt[2], scheduler, f"vrg/{scheduler}", steps=20,
+                          cfg=7.0, sampler_name="euler", scheduler=scheduler)
+
+
+def vrg_flux(g: Graph) -> None:
+    """Flux-dev: calibrate VRG on encoded images, then KSampler at cfg 1 with the base 'normal' and the 'vrg' schedule
+    side by side."""
+    unet, clip, vae = flux_loaders(g)
+    calibrate = vrg_calibration(g, unet[0], clip[0], vae[0], "vrg_flux_profile")
+    g.add("SaveImage", title="Error profile", images=calibrate[2], filename_prefix="vrg_flux/error_profile")
+    positive = flux_prompt(g, clip[0], "a lighthouse on a cliff at sunset", "Prompt")
+    negative = flux_negative(g, positive)
+    latent = g.add("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
+    for scheduler, model in (("normal", unet[0]), ("vrg", calibrate[0])):
+        ksampler_and_save(g, model, positive, negative, latent, vae[0], scheduler, f"vrg_flux/{scheduler}", steps=20,
+                          cfg=1.0, sampler_name="euler", scheduler=scheduler)
 
 
 def vrg_saved_profile(g: Graph) -> None:
@@ -184,103 +255,181 @@ def vrg_saved_profile(g: Graph) -> None:
     loaded = g.add("ErrorControlVRGLoadProfile", model=ckpt[0], profile_name=f"{PROFILE}.safetensors")
     schedule = g.add("ErrorControlVRGScheduler", model=ckpt[0], profile=loaded[1], scheduler="normal", steps=20)
     g.add("SaveImage", title="Base vs VRG σ", images=schedule[1], filename_prefix="vrg/schedule")
-    positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
+    positive, negative = prompts(g, ckpt[1], "a lighthouse on a cliff at sunset")
     guider = g.add("CFGGuider", model=ckpt[0], positive=positive[0], negative=negative[0], cfg=7.0)
     sampled = g.add("SamplerCustomAdvanced", noise=g.add("RandomNoise", noise_seed=7)[0], guider=guider[0],
                     sampler=g.add("KSamplerSelect", sampler_name="euler")[0], sigmas=schedule[0],
                     latent_image=g.add("EmptyLatentImage", width=512, height=512, batch_size=1)[0])
-    decode_and_save(g, ckpt, sampled[0], "vrg/saved_profile", "Sampled on the VRG schedule")
+    decode_and_save(g, ckpt[2], sampled[0], "vrg/saved_profile", "Sampled on the VRG schedule")
 
 
 TRACE = "polaris_example"
 
 
-def polaris_inversion(g: Graph, source_prompt: str) -> tuple[Node, Node, Node, Node]:
-    """Image → VAE Encode → POLARIS Inversion with the source prompt; returns checkpoint, encoded image, inversion, negative."""
+def polaris_inversion(g: Graph, model: Out, vae: Out, latent: Node, source: Node, negative: Node, steps: int,
+                      scheduler: str, prefix: str, fps: float | None = None) -> Node:
+    """POLARIS Inversion of an encoded image (or video) with the prompt that describes it; saves the ω plot and the
+    decoded input (``fps``: as an animated WebP). Returns the inversion."""
+    inversion = g.add("ErrorControlPolarisInversion", model=model, positive=source[0], negative=negative[0],
+                      latent=latent[0], steps=steps, scheduler=scheduler)
+    g.add("SaveImage", title="omega per step", images=inversion[2], filename_prefix=f"{prefix}/omega")
+    decode_and_save(g, vae, latent[0], f"{prefix}/input", "Input (VAE round trip)", fps)
+    return inversion
+
+
+def polaris_sd15_inversion(g: Graph, source_prompt: str) -> tuple[Node, Node, Node, Node]:
+    """Image → VAE Encode → POLARIS Inversion with the source prompt; returns checkpoint, source prompt, inversion,
+    negative."""
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     latent = g.add("VAEEncode", pixels=g.add("LoadImage", image=EXAMPLE_IMAGE)[0], vae=ckpt[2])
     source = g.add("CLIPTextEncode", title="Source prompt (describes the image)", text=source_prompt, clip=ckpt[1])
     negative = g.add("CLIPTextEncode", title="Negative prompt", text="", clip=ckpt[1])
-    inversion = g.add("ErrorControlPolarisInversion", model=ckpt[0], positive=source[0], negative=negative[0],
-                      latent=latent[0], steps=50, scheduler="normal")
-    g.add("SaveImage", title="omega per step", images=inversion[2], filename_prefix="polaris/omega")
-    decode_and_save(g, ckpt, latent[0], "polaris/input", "Input (VAE round trip)")
+    inversion = polaris_inversion(g, ckpt[0], ckpt[2], latent, source, negative, 50, "normal", "polaris")
     return ckpt, source, inversion, negative
 
 
 def polaris_reconstruct(g: Graph) -> None:
     """POLARIS inversion → POLARIS Denoise with the same prompt: the reconstruction beside the input; the trace is saved."""
-    ckpt, source, inversion, negative = polaris_inversion(g, "a photo")
+    ckpt, source, inversion, negative = polaris_sd15_inversion(g, "a photo")
     g.add("ErrorControlPolarisSaveTrace", trace=inversion[1], trace_name=TRACE)
     rebuilt = g.add("ErrorControlPolarisDenoise", model=ckpt[0], positive=source[0], negative=negative[0],
                     trace=inversion[1])
-    decode_and_save(g, ckpt, rebuilt[0], "polaris/reconstruction", "Reconstruction")
+    decode_and_save(g, ckpt[2], rebuilt[0], "polaris/reconstruction", "Reconstruction")
 
 
 def polaris_edit(g: Graph) -> None:
     """Invert with the source prompt, denoise with an edited one: POLARIS Denoise, and the same through
     POLARIS Replay + SamplerCustomAdvanced."""
-    ckpt, _, inversion, negative = polaris_inversion(g, "a photo of a cat")
+    ckpt, _, inversion, negative = polaris_sd15_inversion(g, "a photo of a cat")
     edit = g.add("CLIPTextEncode", title="Edited prompt", text="a photo of a dog", clip=ckpt[1])
     edited = g.add("ErrorControlPolarisDenoise", model=ckpt[0], positive=edit[0], negative=negative[0],
                    trace=inversion[1], cfg=7.0, blend=0.2)
-    decode_and_save(g, ckpt, edited[0], "polaris/edit", "Edit (POLARIS Denoise)")
+    decode_and_save(g, ckpt[2], edited[0], "polaris/edit", "Edit (POLARIS Denoise)")
     guider = g.add("ErrorControlPolarisReplay", model=ckpt[0], positive=edit[0], negative=negative[0],
                    trace=inversion[1], cfg=7.0, blend=0.2)
     replayed = g.add("SamplerCustomAdvanced", title="Edit (SamplerCustomAdvanced)", noise=g.add("DisableNoise")[0],
                      guider=guider[0], sampler=g.add("KSamplerSelect", sampler_name="euler")[0],
                      sigmas=g.add("ErrorControlPolarisTraceSigmas", trace=inversion[1])[0], latent_image=inversion[0])
-    decode_and_save(g, ckpt, replayed[0], "polaris/edit_custom", "Edit (POLARIS Replay guider)")
+    decode_and_save(g, ckpt[2], replayed[0], "polaris/edit_custom", "Edit (POLARIS Replay guider)")
+
+
+FLUX_POLARIS_NOTE = (
+    "## POLARIS on Flux-dev\n"
+    "Flux-dev is guidance-distilled: it samples at **cfg 1** and takes its guidance through **FluxGuidance**, so "
+    "there is no negative branch for POLARIS' ω to weigh. POLARIS Inversion sees this and inverts with **ω ≡ 1**: "
+    "plain DDIM inversion, one model call a step (its ω plot says so). The negative inputs are never evaluated.\n\n"
+    "**Reconstruct**: POLARIS Denoise with the source prompt. **Edit**: the same trace denoised with the edited "
+    "prompt (at cfg 1, `blend` has no effect).")
+
+
+def polaris_flux_reconstruct_edit(g: Graph) -> None:
+    """Flux-dev: invert an image with its source prompt, then POLARIS Denoise with the source prompt (reconstruction)
+    and with an edited one, at cfg 1 with FluxGuidance."""
+    g.note(FLUX_POLARIS_NOTE, "POLARIS on a guidance-distilled model")
+    unet, clip, vae = flux_loaders(g)
+    latent = g.add("VAEEncode", pixels=g.add("LoadImage", image=EXAMPLE_IMAGE)[0], vae=vae[0])
+    source = flux_prompt(g, clip[0], "a photo of a cat", "Source prompt (describes the image)")
+    edit = flux_prompt(g, clip[0], "a photo of a dog", "Edited prompt")
+    negative = flux_negative(g, source)
+    inversion = polaris_inversion(g, unet[0], vae[0], latent, source, negative, 28, "simple", "polaris_flux")
+    for label, prompt in (("reconstruction", source), ("edit", edit)):
+        denoised = g.add("ErrorControlPolarisDenoise", title=f"POLARIS Denoise ({label})", model=unet[0],
+                         positive=prompt[0], negative=negative[0], trace=inversion[1], cfg=1.0, blend=0.0)
+        decode_and_save(g, vae[0], denoised[0], f"polaris_flux/{label}", label.capitalize())
+
+
+WAN_FPS = 16.0
+WAN_NOTE = (
+    "## A clip in, the same clip out\n"
+    "The still image repeated as 33 frames stands in for a clip: load your own clip's frames instead (Wan 2.1 takes "
+    "4k+1 frames, 832×480 for the 1.3B model). POLARIS Inversion takes the clip to noise with a prompt that describes "
+    "it; POLARIS Denoise with the same prompt brings it back. Change the prompt of the denoise to edit the clip.")
+
+
+def wan_video_inversion(g: Graph) -> None:
+    """Wan 2.1 text-to-video: frames → VAE Encode → POLARIS Inversion with a prompt that describes the clip → POLARIS
+    Denoise with the same prompt → decode, as animated WebP beside the input's VAE round trip."""
+    g.note(WAN_NOTE, "Video inversion")
+    unet = g.add("UNETLoader", unet_name=user_file("wan", "diffusion_models"))
+    model = g.add("ModelSamplingSD3", model=unet[0], shift=8.0)
+    clip = g.add("CLIPLoader", clip_name=UMT5_XXL, type="wan")
+    vae = g.add("VAELoader", vae_name=user_file("wan", "vae"))
+    image = g.add("ImageScale", image=g.add("LoadImage", image=EXAMPLE_IMAGE)[0], upscale_method="lanczos", width=832,
+                  height=480, crop="center")
+    frames = g.add("RepeatImageBatch", title="Frames (use your clip's frames)", image=image[0], amount=33)
+    latent = g.add("VAEEncode", pixels=frames[0], vae=vae[0])
+    source = g.add("CLIPTextEncode", title="Prompt (describes the clip)", text="a yellow ball on a colourful backdrop",
+                   clip=clip[0])
+    negative = g.add("CLIPTextEncode", title="Negative prompt", text="blurry, static, low quality, distorted",
+                     clip=clip[0])
+    inversion = polaris_inversion(g, model[0], vae[0], latent, source, negative, 30, "simple", "wan_inversion", WAN_FPS)
+    rebuilt = g.add("ErrorControlPolarisDenoise", model=model[0], positive=source[0], negative=negative[0],
+                    trace=inversion[1], cfg=6.0, blend=0.0)
+    decode_and_save(g, vae[0], rebuilt[0], "wan_inversion/reconstruction", "Reconstruction", WAN_FPS)
 
 
 def noise_awareness_guidance(g: Graph) -> None:
     """KSampler with and without the Noise Awareness Guidance patch, and the Noise Shift Meter (plain vs guided) beside
     them on a VRG profile calibrated from encoded images."""
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
+    positive, negative = prompts(g, ckpt[1], "a lighthouse on a cliff at sunset")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
     patched = g.add("ErrorControlNoiseAwarenessGuidance", model=ckpt[0], strength=0.5, mode="fixed", delta=0.15,
                     start_percent=0.5, end_percent=1.0)
-    for label, model in (("plain", ckpt[0]), ("noise_awareness_guidance", patched[0])):
-        sampled = g.add("KSampler", title=f"KSampler ({label.replace('_', ' ')})", model=model, positive=positive[0],
-                        negative=negative[0], latent_image=latent[0], seed=7, steps=20, cfg=7.0, sampler_name="euler",
-                        scheduler="normal")
-        decode_and_save(g, ckpt, sampled[0], f"nag/{label}", f"Sampled ({label.replace('_', ' ')})")
-    image = g.add("LoadImage", image=EXAMPLE_IMAGE)
-    clean = g.add("RepeatLatentBatch", title="Clean latents (use 4–16 of your own images)",
-                  samples=g.add("VAEEncode", pixels=image[0], vae=ckpt[2])[0], amount=4)
-    empty_prompt = g.add("CLIPTextEncode", title="Empty prompt (calibration)", text="", clip=ckpt[1])
-    calibrate = g.add("ErrorControlVRGCalibrate", model=ckpt[0], latent=clean[0], positive=empty_prompt[0],
-                      grid_points=32, profile_name="nag_meter_profile")
+    for label, model in (("plain", ckpt[0]), ("noise awareness guidance", patched[0])):
+        ksampler_and_save(g, model, positive, negative, latent, ckpt[2], label, f"nag/{label.replace(' ', '_')}",
+                          steps=20, cfg=7.0, sampler_name="euler", scheduler="normal")
+    calibrate = vrg_calibration(g, ckpt[0], ckpt[1], ckpt[2], "nag_meter_profile")
     meter = g.add("ErrorControlNoiseShiftMeter", model=ckpt[0], positive=positive[0], negative=negative[0],
                   latent_image=latent[0], seed=7, steps=20, cfg=7.0, sampler_name="euler", scheduler="normal",
                   strength=0.5, mode="fixed", delta=0.15, start_percent=0.5, end_percent=1.0, profile=calibrate[1])
     g.add("SaveImage", title="Noise shift: scheduled vs estimated sigma", images=meter[0], filename_prefix="nag/noise_shift")
 
 
+def nag_sd35(g: Graph) -> None:
+    """SD3.5 Medium with a real negative prompt at cfg 4.5: the same KSampler with and without the Noise Awareness
+    Guidance patch, side by side."""
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=user_file("sd35", "checkpoints"))
+    clip = g.add("TripleCLIPLoader", clip_name1=CLIP_L, clip_name2=CLIP_G, clip_name3=T5XXL)
+    positive = g.add("CLIPTextEncode", title="Prompt", text="a lighthouse on a cliff at sunset", clip=clip[0])
+    negative = g.add("CLIPTextEncode", title="Negative prompt", text="blurry, low quality, deformed, watermark",
+                     clip=clip[0])
+    latent = g.add("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
+    patched = g.add("ErrorControlNoiseAwarenessGuidance", model=ckpt[0], strength=0.5, mode="fixed", delta=0.15,
+                    start_percent=0.5, end_percent=1.0)
+    for label, model in (("plain", ckpt[0]), ("noise awareness guidance", patched[0])):
+        ksampler_and_save(g, model, positive, negative, latent, ckpt[2], label, f"nag_sd35/{label.replace(' ', '_')}",
+                          steps=28, cfg=4.5, sampler_name="euler", scheduler="sgm_uniform")
+
+
 def diffier_cfg_sweep(g: Graph) -> None:
     """The same prompt, seed and steps at cfg 4 and 10, with euler and with DiffIER side by side, and DiffIER's Gap
     Meter (plain vs DiffIER gap per step, and the cfg weight it used) at the higher cfg."""
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    positive, negative = prompts(g, ckpt, "a lighthouse on a cliff at sunset")
+    positive, negative = prompts(g, ckpt[1], "a lighthouse on a cliff at sunset")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
     for cfg in (4.0, 10.0):
         for sampler in ("euler", "diffier"):
             sampled = g.add("KSampler", title=f"KSampler ({sampler}, cfg {cfg:g})", model=ckpt[0], positive=positive[0],
                             negative=negative[0], latent_image=latent[0], seed=7, steps=12, cfg=cfg, sampler_name=sampler,
                             scheduler="normal")
-            decode_and_save(g, ckpt, sampled[0], f"diffier/cfg{cfg:g}_{sampler}", f"{sampler}, cfg {cfg:g}")
+            decode_and_save(g, ckpt[2], sampled[0], f"diffier/cfg{cfg:g}_{sampler}", f"{sampler}, cfg {cfg:g}")
     meter = g.add("ErrorControlDiffIERGapMeter", model=ckpt[0], positive=positive[0], negative=negative[0],
                   latent_image=latent[0], seed=7, steps=12, cfg=10.0, scheduler="normal", iterations=1, damping=1.0)
     g.add("SaveImage", title="Gap per step: plain vs DiffIER", images=meter[1], filename_prefix="diffier/gap")
     g.add("SaveImage", title="DiffIER cfg weight per step", images=meter[2], filename_prefix="diffier/weight")
 
+
 WORKFLOWS = {"ddim_inversion_reconstruct": ddim_inversion_reconstruct,
              "polaris_reconstruct": polaris_reconstruct,
              "polaris_edit": polaris_edit,
+             "polaris_flux_reconstruct_edit": polaris_flux_reconstruct_edit,
+             "wan_video_inversion": wan_video_inversion,
              "vrg_calibrate_and_sample": vrg_calibrate_and_sample,
              "vrg_saved_profile": vrg_saved_profile,
+             "vrg_flux": vrg_flux,
              "noise_awareness_guidance": noise_awareness_guidance,
+             "nag_sd35": nag_sd35,
              "diffier_cfg_sweep": diffier_cfg_sweep}
 
 

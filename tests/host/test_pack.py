@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.comfy_host import CHECKPOINT_NAME, MODEL_FAMILIES, TINY_OVERRIDES, PromptFailed, txt2img, ui_to_api
+from tools.comfy_host import (
+    CHECKPOINT_NAME,
+    MODEL_FAMILIES,
+    NOTE_TYPES,
+    PromptFailed,
+    tiny_api_graph,
+    txt2img,
+    why_host_cannot_run,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -96,9 +104,14 @@ def test_the_pack_serves_its_workflows_as_templates(comfy):
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
 def test_example_workflow_runs_on_the_tiny_checkpoint(comfy, object_info, workflow):
-    graph = ui_to_api(json.loads(workflow.read_text()), object_info, TINY_OVERRIDES)
-    assert {node["class_type"] for node in graph.values()} <= object_info.keys()
-    images = comfy.output_images(comfy.run(graph))
+    """Every node of every workflow exists on the host, and the workflow runs on the tiny files. No tiny text encoder
+    exists for Flux, SD3.5 or Wan, so their workflows run with seeded conditioning in place of the encoders
+    (``tiny_api_graph``); the tiny Flux file loads only on ComfyUI 0.33, so 0.3.75 only checks its workflows' nodes."""
+    saved = json.loads(workflow.read_text())
+    assert {node["type"] for node in saved["nodes"]} - NOTE_TYPES <= object_info.keys()
+    if reason := why_host_cannot_run(saved, comfy.host):
+        pytest.skip(reason)
+    images = comfy.output_images(comfy.run(tiny_api_graph(saved, object_info)))
     assert images and all(p.stat().st_size > 0 for p in images)
 
 
