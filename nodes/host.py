@@ -15,7 +15,7 @@ import torch
 from comfy_api.latest import io
 from torch import Tensor
 
-from ..samplers.core import Denoiser, PairDenoiser
+from ..samplers.core import Denoiser, PairDenoiser, effective_uncond
 
 PACK_VERSION = "0.2.0"  # as in pyproject.toml; artefacts record it
 
@@ -78,26 +78,37 @@ def scheduler_sigmas(model_patcher, scheduler: str, steps: int, denoise: float, 
     return comfy.samplers.calculate_sigmas(model_sampling, scheduler, int(steps / denoise)).cpu()[-(steps + 1):]
 
 
+def composed_uncond(cond: Tensor, uncond: Tensor, guided: Tensor | None, scale: float) -> Tensor:
+    """The unconditional half of the pair a method re-weights: the model's own ``uncond`` where the guider's combination
+    is plain CFG (``guided`` None) or its scale is 1, else the one that reproduces the user's ``guided`` prediction at
+    ``scale`` (:func:`samplers.core.effective_uncond`), so their CFG function and post-CFG patches keep acting."""
+    return uncond if guided is None or scale == 1 else effective_uncond(cond, guided, scale)
+
+
 def sampler_pair_denoiser(model, extra_args: dict | None, node: str) -> PairDenoiser:
     """``D(x, σ) -> (D_cond, D_uncond)`` from the wrapped model a sampler function receives: one batched call of the
-    guider, whose CFG combination is intercepted (``sampler_cfg_function``) with the uncond always computed.
+    guider with the uncond always computed, recorded by a post-CFG function that runs after the user's own and passes
+    the guided prediction through. The user's CFG function and post-CFG patches stay in place; where there are any,
+    ``D_uncond`` is :func:`composed_uncond`, so the method's own mix of the pair still carries them.
 
-    Needs a guider with a negative prompt (CFGGuider, KSampler); post-CFG patches are left out, since the combination
-    they would act on is the caller's to make.
+    Needs a guider with a negative prompt (CFGGuider, KSampler).
     """
     extra_args = dict(extra_args or {})
     options = dict(extra_args.get("model_options", {}))
-    options.pop("sampler_post_cfg_function", None)
+    post_cfg = options.get("sampler_post_cfg_function", [])
+    plain = "sampler_cfg_function" not in options and not post_cfg
     captured: dict = {}
 
-    def capture(args: dict) -> Tensor:
-        if args.get("input_uncond") is None:
+    def record(args: dict) -> Tensor:
+        if args.get("uncond") is None:
             raise ValueError(f"{node}: needs the negative prompt's prediction too. Use CFGGuider (positive and "
                              "negative) or a KSampler-style node, not BasicGuider.")
-        captured["pair"] = (args["cond_denoised"], args["uncond_denoised"])
-        return args["cond"]
+        cond = args["cond_denoised"]
+        captured["pair"] = (cond, composed_uncond(cond, args["uncond_denoised"], None if plain else args["denoised"],
+                                                  args["cond_scale"]))
+        return args["denoised"]
 
-    options.update(sampler_cfg_function=capture, disable_cfg1_optimization=True)
+    options.update(sampler_post_cfg_function=[*post_cfg, record], disable_cfg1_optimization=True)
     extra_args["model_options"] = options
 
     def pair(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:

@@ -18,7 +18,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..samplers.core import check_sigmas, conditional_pair, inversion_sigmas
+from ..samplers.core import cfg_mix, check_sigmas, conditional_pair, inversion_sigmas
 from ..samplers.inversion import ddim
 from ..samplers.polaris import SOLVERS, SPACES, PolarisTrace, polaris_invert, replay_omega
 from . import types
@@ -30,6 +30,7 @@ from .host import (
     check_clean_latent,
     check_made_for,
     check_sampler_latent,
+    composed_uncond,
     guidance_distilled,
     is_flow,
     model_fingerprint,
@@ -216,12 +217,16 @@ class ReplayGuider(comfy.samplers.CFGGuider):
             return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds.get("positive"), 1.0,
                                                     model_options=model_options, seed=seed)
 
-        def mix(args: dict) -> torch.Tensor:
-            cond, uncond = args["cond_denoised"], args["uncond_denoised"]
-            omega = replay_omega(self.trace, args["sigma"], cond.shape[0], self.cfg, self.blend, self.node)
-            omega = omega.to(cond).reshape(-1, *([1] * (cond.ndim - 1)))
-            return args["input"] - (uncond + omega * (cond - uncond))
+        user_cfg = model_options.get("sampler_cfg_function")  # RescaleCFG, another pack's: it shapes the mix
 
+        def mix(args: dict) -> torch.Tensor:
+            cond = args["cond_denoised"]
+            guided = None if user_cfg is None else args["input"] - user_cfg(args)
+            uncond = composed_uncond(cond, args["uncond_denoised"], guided, args["cond_scale"])
+            omega = replay_omega(self.trace, args["sigma"], cond.shape[0], self.cfg, self.blend, self.node)
+            return args["input"] - cfg_mix(cond, uncond, omega.to(cond))
+
+        # the user's post-CFG patches (CFGNorm, ...) stay in model_options and act on the replayed prediction
         options = {**model_options, "sampler_cfg_function": mix, "disable_cfg1_optimization": True}
         return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative"),
                                                 self.conds.get("positive"), self.cfg, model_options=options, seed=seed)

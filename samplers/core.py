@@ -83,6 +83,16 @@ def cfg_mix(denoised_cond: Tensor, denoised_uncond: Tensor, scale: Tensor | floa
     return denoised_uncond + scale * (denoised_cond - denoised_uncond)
 
 
+def effective_uncond(denoised_cond: Tensor, guided: Tensor, scale: float) -> Tensor:
+    """The unconditional prediction for which plain CFG at ``scale`` (≠ 1) gives ``guided``: ``(w·D_c - D_g)/(w - 1)``.
+
+    A host's CFG function or post-CFG patches (RescaleCFG, CFGNorm, ...) make ``D_g`` differ from plain CFG; a method
+    that re-weights the pair ``(D_c, Ũ)`` at ω then interpolates between the conditional model (ω = 1) and the host's
+    own guided output (ω = w), so those patches keep acting. For plain CFG ``Ũ = D_u``.
+    """
+    return (scale * denoised_cond - guided) / (scale - 1)
+
+
 def guided(pair_denoiser: PairDenoiser, scale: Tensor | float) -> Denoiser:
     """A plain denoiser from a cond/uncond pair at a fixed guidance scale."""
 
