@@ -35,9 +35,8 @@ from tools.comfy_host import (
     CACHE,
     CHECKPOINT_NAME,
     PACK_NAME,
-    find_comfyui_dir,
-    make_tiny_checkpoint,
-    relink,
+    prepare_base,
+    put_comfy_on_path,
     set_device_args,
     write_stand_ins,
 )
@@ -81,9 +80,9 @@ def import_comfy(base: Path) -> ModuleType:
 
     ComfyUI goes first on ``sys.path`` (its top-level ``nodes`` must win over the pack's ``nodes`` package), the
     import-only stand-ins of tools/comfy_host.py follow where the real packages do not import."""
-    comfy_dir = find_comfyui_dir()
+    comfy_dir = put_comfy_on_path()
     stand_in = write_stand_ins(CACHE / "python", Path(sys.executable))
-    sys.path[:] = [str(comfy_dir), *([str(stand_in)] if stand_in else []), *[p for p in sys.path if p != str(comfy_dir)]]
+    sys.path[1:1] = [str(stand_in)] if stand_in else []
     loaded = sys.modules.get("nodes")
     if loaded is not None and Path(getattr(loaded, "__file__", "")).parent != comfy_dir:
         raise RuntimeError(f"a module 'nodes' other than ComfyUI's is already imported: {loaded!r}")
@@ -101,20 +100,11 @@ def import_comfy(base: Path) -> ModuleType:
     return nodes
 
 
-def prepare_base(base: Path) -> None:
-    """``base/custom_nodes/<pack>`` → this repository, the tiny checkpoint linked into ``models/checkpoints``."""
-    checkpoint = make_tiny_checkpoint(CACHE / CHECKPOINT_NAME)
-    for sub in ("custom_nodes", "models/checkpoints", "input", "output", "temp", "user"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    relink(base / "custom_nodes" / PACK_NAME, REPO)
-    relink(base / "models" / "checkpoints" / CHECKPOINT_NAME, checkpoint.resolve())
-
-
 @functools.cache
 def comfy_graph(base: Path = BASE) -> tuple[ModuleType, Graph]:
     """ComfyUI imported once per process with its base folder at ``base`` (ComfyUI reads it once, at import), the pack
     loaded; its ``nodes`` module and a :class:`Graph` over the registry."""
-    prepare_base(base)
+    prepare_base(base, REPO, PACK_NAME, CACHE / CHECKPOINT_NAME)  # the test servers' base folder, in-process
     nodes = import_comfy(base)
     return nodes, Graph(load_nodes(nodes, base))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from nodes.plot import render
+from plots.line import render
 from samplers import core
 from samplers.nag import estimate_sigma, nag_guided
 from samplers.vrg import optimize_sigmas

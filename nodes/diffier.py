@@ -5,7 +5,8 @@ with the model's own guided prediction at the step's next state, found by K damp
 ``diffier`` in every sampler dropdown (K = 1, λ = 1), a SAMPLER node with K and λ for SamplerCustomAdvanced (with
 CFGGuider), and a Gap Meter that plots the per-step gap diagnostic of plain CFG against DiffIER. The sampler needs the
 positive and negative predictions separately: it reads them from the guider's CFG combination in the same batched model
-call (``host.sampler_pair_denoiser``), with KSampler and CFGGuider; post-CFG model patches are left out of its steps.
+call (``comfy_seam.sampler_pair_denoiser``), with KSampler and CFGGuider; the user's CFG function and post-CFG
+patches keep acting, carried by the pair.
 At cfg 1 (BasicGuider, a guidance-distilled model such as Flux-dev) there is no guidance to correct: it is plain euler
 on the conditional prediction, one model call a step.
 """
@@ -18,21 +19,22 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
+from ..plots.line import UI_KEY, line_plot
 from ..samplers.core import check_sigmas, conditional_pair
 from ..samplers.diffier import diffier, prediction_drift
-from .host import (
+from .comfy_seam import (
     EXPERT,
     aliases,
     check_latent_fits,
     check_sampler_latent,
     is_flow,
+    sampler_cfg,
     sampler_denoiser,
     sampler_model_sampling,
     sampler_pair_denoiser,
     scheduler_sigmas,
     step_callback,
 )
-from .plot import UI_KEY, line_plot
 
 CATEGORY = "sampling/error_control/diffier"
 SAMPLER_NAME = "diffier"
@@ -54,7 +56,7 @@ def run_diffier(model, x, sigmas, extra_args, callback, iterations: int, damping
     check_settings(node, iterations, damping)
     check_sigmas(sigmas, node, "sigmas")
     check_sampler_latent(model, x, node)
-    cfg = float(model.inner_model.cfg)
+    cfg = sampler_cfg(model)
     flow = is_flow(sampler_model_sampling(model))
     # cfg 1 (a guidance-distilled model's): no guidance to correct, so plain euler at one model call a step
     pair = sampler_pair_denoiser(model, extra_args, node) if cfg != 1 else conditional_pair(sampler_denoiser(model, extra_args))

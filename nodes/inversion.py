@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 from ..samplers.core import check_sigmas, inversion_sigmas
 from ..samplers.inversion import ddim
-from .host import (
+from .comfy_seam import (
     EXPERT,
     aliases,
     check_sampler_latent,

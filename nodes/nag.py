@@ -2,9 +2,9 @@
 SamplerCustomAdvanced, and a Noise Shift Meter. Math in ``samplers/nag.py``.
 
 The guidance runs as a post-CFG function, so it stacks with other model patches (FreeU, RescaleCFG, ...): its extra model
-call at σ_u goes through ``comfy.samplers.calc_cond_batch`` with the model options of the step, patches included. The
-adaptive mode and the meter use the VRG error profile given as input, or the one the MODEL carries (VRG Calibrate / VRG
-Load Profile attach it).
+call at σ_u is the step's conditional model with the step's model options, patches included
+(``comfy_seam.conditional_model``). The adaptive mode and the meter use the VRG error profile given as input, or the one
+the MODEL carries (VRG Calibrate / VRG Load Profile attach it).
 """
 
 from __future__ import annotations
@@ -15,12 +15,24 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ..plots.line import line_plot
 from ..samplers.nag import estimate_sigma, nag_denoise
 from ..samplers.vrg import ErrorProfile
 from . import types
-from .host import EXPERT, aliases, cfg_guider, check_latent_fits, is_flow, step_callback
-from .plot import line_plot
-from .vrg import PROFILE_ATTRIBUTE, check_profile
+from .comfy_seam import (
+    EXPERT,
+    aliases,
+    attached_profile,
+    cfg_guider,
+    check_latent_fits,
+    conditional_model,
+    is_flow,
+    percent_window,
+    step_callback,
+    step_model_sampling,
+    with_post_cfg,
+)
+from .vrg import check_profile
 
 CATEGORY = "sampling/error_control/noise_awareness_guidance"
 MODES = ["fixed", "adaptive"]
@@ -52,7 +64,7 @@ def guidance_inputs() -> list:
 
 def resolve_profile(model_patcher, profile: ErrorProfile | None, mode: str, node: str, needed: bool = False):
     """The profile to use (input, else the MODEL's), checked against the model; an error if the mode needs one and none."""
-    profile = profile or getattr(model_patcher.get_model_object("model_sampling"), PROFILE_ATTRIBUTE, None)
+    profile = profile or attached_profile(model_patcher)
     if profile is None and (needed or mode == "adaptive"):
         why = "the noise-level estimate" if needed else "mode 'adaptive'"
         raise ValueError(f"{node}: input 'profile': {why} needs the model's VRG error profile. Connect one from "
@@ -81,15 +93,10 @@ def guidance_function(strength: float, mode: str, delta: float, start_percent: f
     """A ComfyUI post-CFG function applying :func:`samplers.nag.nag_denoise` to the step's guided prediction."""
 
     def post_cfg(args: dict) -> torch.Tensor:
-        model, options, cond = args["model"], args["model_options"], args["cond"]
-        model_sampling = model.model_sampling
-        window = (model_sampling.percent_to_sigma(end_percent), model_sampling.percent_to_sigma(start_percent))
-
-        def cond_model(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return comfy.samplers.calc_cond_batch(model, [cond], x, sigma, options)[0]
-
-        return nag_denoise(cond_model, args["input"], args["sigma"], args["denoised"], args["cond_denoised"], strength,
-                           mode, delta, profile, is_flow(model_sampling), window)
+        model_sampling = step_model_sampling(args)
+        window = percent_window(model_sampling, start_percent, end_percent)
+        return nag_denoise(conditional_model(args), args["input"], args["sigma"], args["denoised"], args["cond_denoised"],
+                           strength, mode, delta, profile, is_flow(model_sampling), window)
 
     return post_cfg
 
@@ -98,9 +105,7 @@ def patched(model, node: str, strength: float, mode: str, delta: float, start_pe
             profile: ErrorProfile | None):
     check_guidance(node, strength, mode, delta, start_percent, end_percent)
     profile = resolve_profile(model, profile, mode, node)
-    clone = model.clone()
-    clone.set_model_sampler_post_cfg_function(guidance_function(strength, mode, delta, start_percent, end_percent, profile))
-    return clone
+    return with_post_cfg(model, guidance_function(strength, mode, delta, start_percent, end_percent, profile))
 
 
 class NoiseAwarenessGuidance(io.ComfyNode):
@@ -161,8 +166,7 @@ def recorded_run(model, profile: ErrorProfile, latent: dict, seed: int, steps: i
         estimated.append(estimate_sigma(args["input"], args["cond_denoised"], sigma, profile).square().mean().sqrt())
         return args["denoised"]
 
-    recorder = model.clone()
-    recorder.set_model_sampler_post_cfg_function(record)
+    recorder = with_post_cfg(model, record)
     samples = comfy.sample.fix_empty_latent_channels(recorder, latent["samples"])
     check_latent_fits(recorder, samples, node, "latent_image")
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))

@@ -18,31 +18,33 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from ..plots.line import Plot, line_plot
 from ..samplers.core import cfg_mix, check_sigmas, conditional_pair, inversion_sigmas
 from ..samplers.inversion import ddim
-from ..samplers.polaris import SOLVERS, SPACES, PolarisTrace, polaris_invert, replay_omega
+from ..samplers.polaris import SOLVERS, SPACES, PolarisTrace, Replay, polaris_invert
 from . import types
-from .host import (
+from .comfy_seam import (
     EXPERT,
     PACK_VERSION,
+    MixingGuider,
     aliases,
     cfg_guider,
     check_clean_latent,
     check_made_for,
     check_sampler_latent,
-    composed_uncond,
     guidance_distilled,
     is_flow,
+    latent_of_state,
     model_fingerprint,
     model_is_flow,
     sample_with,
     sampler_denoiser,
+    sampler_model_patcher,
     sampler_model_sampling,
     sampler_pair_denoiser,
     scheduler_sigmas,
     step_callback,
 )
-from .plot import Plot, line_plot
 
 CATEGORY = "sampling/error_control/polaris"
 types.register_folder(types.TRACE_FOLDER)
@@ -96,7 +98,7 @@ def inversion_sampler(options: dict, node: str, result: dict):
         check_sigmas(sigmas, node, "sigmas", ascending=True)
         check_sampler_latent(model, x, node)
         flow = is_flow(sampler_model_sampling(model))
-        patcher = model.inner_model.model_patcher
+        patcher = sampler_model_patcher(model)
         if guidance_distilled(patcher):  # no negative branch for ω to weigh: plain inversion, one call a step
             pair, chosen = conditional_pair(sampler_denoiser(model, extra_args)), {**options, **DISTILLED}
         else:
@@ -114,14 +116,6 @@ def inversion_options(solver: str, eval_at: str, space: str, omega_start: float,
     if solver not in SOLVERS or space not in SPACES:
         raise ValueError(f"{node}: inputs 'solver'/'space' must be one of {SOLVERS}/{SPACES}, got {solver!r}/{space!r}.")
     return {"solver": solver, "eval_at": EVAL_AT[eval_at], "space": space, "omega_start": omega_start}
-
-
-def latent_of(model_patcher, trace: PolarisTrace) -> torch.Tensor:
-    """The LATENT that SamplerCustomAdvanced (DisableNoise, the trace's sigmas) turns back into the inverted state:
-    ComfyUI scales a LATENT by the first level for flow models, so that scaling is undone here."""
-    model_sampling = model_patcher.get_model_object("model_sampling")
-    state = model_sampling.inverse_noise_scaling(trace.sigmas[-1:].float(), trace.latent.float())
-    return model_patcher.model.process_latent_out(state)
 
 
 class PolarisInversion(io.ComfyNode):
@@ -201,37 +195,6 @@ class PolarisInversionSampler(io.ComfyNode):
         return io.NodeOutput(comfy.samplers.KSAMPLER(sample))
 
 
-class ReplayGuider(comfy.samplers.CFGGuider):
-    """CFGGuider whose combination of cond and uncond uses the trace's ω at the σ being sampled (time-aligned)."""
-
-    def __init__(self, model_patcher, trace: PolarisTrace, blend: float, node: str):
-        super().__init__(model_patcher)
-        self.trace, self.blend, self.node = trace, blend, node
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (the host's signature)
-        if tuple(x.shape[1:]) != tuple(self.trace.latent.shape[1:]):
-            raise ValueError(f"{self.node}: the latent has shape {tuple(x.shape)}, the trace was made for "
-                             f"{tuple(self.trace.latent.shape)}. Replay the inverted latent of the same trace.")
-
-        if self.conditional_only:  # ω ≡ 1: the conditional model alone, one call a step (as ComfyUI's cfg 1)
-            return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds.get("positive"), 1.0,
-                                                    model_options=model_options, seed=seed)
-
-        user_cfg = model_options.get("sampler_cfg_function")  # RescaleCFG, another pack's: it shapes the mix
-
-        def mix(args: dict) -> torch.Tensor:
-            cond = args["cond_denoised"]
-            guided = None if user_cfg is None else args["input"] - user_cfg(args)
-            uncond = composed_uncond(cond, args["uncond_denoised"], guided, args["cond_scale"])
-            omega = replay_omega(self.trace, args["sigma"], cond.shape[0], self.cfg, self.blend, self.node)
-            return args["input"] - cfg_mix(cond, uncond, omega.to(cond))
-
-        # the user's post-CFG patches (CFGNorm, ...) stay in model_options and act on the replayed prediction
-        options = {**model_options, "sampler_cfg_function": mix, "disable_cfg1_optimization": True}
-        return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative"),
-                                                self.conds.get("positive"), self.cfg, model_options=options, seed=seed)
-
-
 REPLAY_INPUTS = [
     io.Model.Input("model"),
     io.Conditioning.Input("positive", tooltip="The source prompt, or an edit."),
@@ -245,13 +208,25 @@ REPLAY_INPUTS = [
 ]
 
 
-def replay_guider(model, positive, negative, trace: PolarisTrace, cfg: float, blend: float, node: str) -> ReplayGuider:
+def replay_guider(model, positive, negative, trace: PolarisTrace, cfg: float, blend: float, node: str) -> MixingGuider:
+    """A guider that combines positive and negative with the trace's ω at the σ being sampled (time-aligned)."""
     check_trace(trace, model, node)
-    guider = ReplayGuider(model, trace, blend, node)
+
+    def check(x: torch.Tensor) -> None:
+        if tuple(x.shape[1:]) != tuple(trace.latent.shape[1:]):
+            raise ValueError(f"{node}: the latent has shape {tuple(x.shape)}, the trace was made for "
+                             f"{tuple(trace.latent.shape)}. Replay the inverted latent of the same trace.")
+
+    replay = Replay(trace, cfg, blend, node)
+
+    def mix(cond: torch.Tensor, uncond: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return cfg_mix(cond, uncond, replay.omega(sigma, cond.shape[0]).to(cond))
+
+    # a trace of ω ≡ 1 (a guidance-distilled model's) replayed without blend needs no negative prediction
+    conditional_only = bool((trace.omega == 1).all()) and blend * (cfg - 1) == 0
+    guider = MixingGuider(model, mix, check, conditional_only, before=replay.reset, after=replay.check)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
-    # a trace of ω ≡ 1 (a guidance-distilled model's) replayed without blend needs no negative prediction
-    guider.conditional_only = bool((trace.omega == 1).all()) and blend * (cfg - 1) == 0
     return guider
 
 
@@ -368,7 +343,8 @@ class PolarisLoadTrace(io.ComfyNode):
         trace = types.load(types.TRACE_FOLDER, trace_name, node, "trace_name", PolarisTrace.load)
         check_trace(trace, model, node)
         plot = omega_plot(trace)
-        return io.NodeOutput(trace, {"samples": latent_of(model, trace)}, plot.image, ui=plot.ui)
+        latent = latent_of_state(model, trace.sigmas[-1:].float(), trace.latent.float())
+        return io.NodeOutput(trace, {"samples": latent}, plot.image, ui=plot.ui)
 
 
 NODES = [PolarisInversion, PolarisDenoise, PolarisInversionSampler, PolarisReplay, PolarisTraceSigmas, PolarisSaveTrace,

@@ -9,8 +9,9 @@ says what to run.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import logging
+from pathlib import Path
 
 import comfy.model_management
 import comfy.samplers
@@ -18,38 +19,32 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ..plots.line import Plot, line_plot
 from ..samplers.core import check_sigmas
 from ..samplers.vrg import ErrorProfile, cumulative_error, default_sigma_grid, measure_error_profile, optimize_sigmas
 from . import types
-from .host import (
+from .comfy_seam import (
     EXPERT,
     PACK_VERSION,
     aliases,
+    attached_profile,
     check_clean_latent,
     check_made_for,
     model_fingerprint,
     model_is_flow,
     sampling_fingerprint,
+    schedule,
     scheduler_sigmas,
+    sigma_range,
     with_guided_denoiser,
+    with_profile,
 )
-from .plot import Plot, line_plot
 
 CATEGORY = "sampling/error_control/vrg"
 SCHEDULER_NAME = "vrg"
 BASE_SCHEDULER = "normal"
-PROFILE_ATTRIBUTE = "error_control_vrg_profile"
 
 types.register_folder(types.PROFILE_FOLDER)
-
-
-def with_profile(model_patcher, profile: ErrorProfile):
-    """A clone of the MODEL whose model_sampling carries ``profile`` for the ``vrg`` scheduler."""
-    patched = model_patcher.clone()
-    model_sampling = copy.copy(patched.get_model_object("model_sampling"))
-    setattr(model_sampling, PROFILE_ATTRIBUTE, profile)
-    patched.add_object_patch("model_sampling", model_sampling)
-    return patched
 
 
 def check_profile(profile: ErrorProfile, model_patcher, node: str) -> None:
@@ -118,9 +113,7 @@ class VRGCalibrate(io.ComfyNode):
         samples = latent["samples"]
         check_clean_latent(model, samples, node, "VAE-encoded images (a batch of 4–16)")
         flow = model_is_flow(model)
-        model_sampling = model.get_model_object("model_sampling")
-        sigma_max = min(float(model_sampling.sigma_max), 1.0) if flow else float(model_sampling.sigma_max)
-        grid = default_sigma_grid(float(model_sampling.sigma_min), sigma_max, grid_points, flow)
+        grid = default_sigma_grid(*sigma_range(model), grid_points, flow)
         progress = comfy.utils.ProgressBar(grid_points)
         result = {}
 
@@ -227,30 +220,55 @@ class VRGOptimizeSigmas(io.ComfyNode):
         return io.NodeOutput(optimised, plot.image, ui=plot.ui)
 
 
-def newest_profile_for(model_sampling) -> ErrorProfile | None:
-    """The newest profile on disk calibrated for a model with this noise schedule, if any."""
+PROFILES_READ: dict[str, tuple[tuple[int, int], ErrorProfile | None]] = {}
+"""Profiles read from disk by path, with the (mtime, size) they were read at: a file is read again only when it changes."""
+
+
+def read_profile(path: Path) -> ErrorProfile | None:
+    """The profile in ``path`` (None for a damaged file), read once per change of the file."""
+    stat = path.stat()
+    key = (stat.st_mtime_ns, stat.st_size)
+    if PROFILES_READ.get(str(path), (None,))[0] != key:
+        try:
+            profile = ErrorProfile.load(path)
+        except ValueError:
+            profile = None  # a damaged file must not block sampling with the good ones
+        PROFILES_READ[str(path)] = (key, profile)
+    return PROFILES_READ[str(path)][1]
+
+
+def newest_profile_for(model_sampling) -> tuple[str, ErrorProfile] | None:
+    """The newest profile on disk calibrated for a model with this noise schedule, with its file name, if any."""
     wanted = sampling_fingerprint(model_sampling)
     candidates = []
     for name in types.list_files(types.PROFILE_FOLDER):
         try:
             path = types.resolve(types.PROFILE_FOLDER, name, "vrg scheduler", "profile")
-            profile = ErrorProfile.load(path)
         except ValueError:
-            continue  # a damaged file, or a link out of the folder, must not block sampling with the good ones
-        if wanted in profile.model:
+            continue  # a link out of the folder
+        profile = read_profile(path)
+        if profile is not None and wanted in profile.model:
             candidates.append((path.stat().st_mtime, name, profile))
-    return max(candidates, key=lambda c: c[:2])[2] if candidates else None
+    return max(candidates, key=lambda c: c[:2])[1:] if candidates else None
 
 
 def vrg_scheduler(model_sampling, steps: int) -> torch.Tensor:
-    """The ``vrg`` entry of the scheduler dropdowns (module doc)."""
-    profile = getattr(model_sampling, PROFILE_ATTRIBUTE, None) or newest_profile_for(model_sampling)
+    """The ``vrg`` entry of the scheduler dropdowns: the base schedule optimised with the MODEL's attached profile
+    (VRG Calibrate / VRG Load Profile, checked against the weights there), else with the newest profile on disk for
+    this noise schedule. ComfyUI hands a scheduler only the model's sampling object, not its weights, so that fallback
+    cannot tell fine-tunes of one base apart: it says in the log which file it used and how to be sure."""
+    profile = attached_profile(model_sampling)
     if profile is None:
-        raise ValueError("scheduler 'vrg': no VRG error profile for this model. Run 'VRG Calibrate' once (its MODEL "
-                         "output carries the profile), or load one with 'VRG Load Profile' and feed its MODEL to the "
-                         "sampler.")
-    base = comfy.samplers.calculate_sigmas(model_sampling, BASE_SCHEDULER, steps).cpu()
-    return optimize_sigmas(base, profile)
+        found = newest_profile_for(model_sampling)
+        if found is None:
+            raise ValueError("scheduler 'vrg': no VRG error profile for this model. Run 'VRG Calibrate' once (its MODEL "
+                             "output carries the profile), or load one with 'VRG Load Profile' and feed its MODEL to the "
+                             "sampler.")
+        name, profile = found
+        logging.warning(f"scheduler 'vrg': using models/{types.PROFILE_FOLDER}/{name} ({profile.model}), the newest "
+                        "profile for this noise schedule; the scheduler cannot see the weights. Feed the MODEL through "
+                        "'VRG Load Profile' to have the profile checked against them.")
+    return optimize_sigmas(schedule(model_sampling, BASE_SCHEDULER, steps), profile)
 
 
 NODES = [VRGCalibrate, VRGLoadProfile, VRGScheduler, VRGOptimizeSigmas]

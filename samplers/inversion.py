@@ -67,11 +67,10 @@ def ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, flow: bool = False, eval
     ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` after each model call, so ComfyUI's progress bar and previews move.
     Raises ``ValueError`` naming the first step whose state is not finite (checked once at the end: no GPU sync a step).
     """
-    finite = []
+    finite, ascending = [], (sigmas[1:] > sigmas[:-1]).tolist()  # one host read for the whole walk, not one a step
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        ascending = sigma_next > sigma
-        if ascending:
+        if ascending[i]:
             denoised = inversion_prediction(denoiser, x, sigma, sigma_next, flow, eval_at)
         else:
             denoised = denoiser(x, _level(sigma, x))

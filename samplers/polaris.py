@@ -130,24 +130,6 @@ class PolarisTrace:
         sigmas[-1] = end
         return sigmas
 
-    def omega_at(self, sigma: Tensor, batch: int, who: str = "POLARIS replay") -> Tensor:
-        """The ω ``[B]`` to denoise with at level ``sigma``: that of the inversion step that ended there (time-aligned).
-
-        The denoising step from σ_{k+1} to σ_k mirrors inversion step k, so it replays ω_k. A level the inversion never
-        reached, or a batch of another size, is an error (naming ``who``): the replay would not undo the inversion.
-        """
-        level = float(torch.as_tensor(sigma).flatten()[0])
-        targets = self.sigmas[1:]
-        k = int((targets - level).abs().argmin())
-        if abs(float(targets[k]) - level) > 1e-4 * max(level, 1e-3):
-            raise ValueError(f"{who}: the sampler asked for σ = {level:.6g}, which is not a level of the trace "
-                             f"({self.steps} steps, σ {float(self.sigmas[1]):.4g} … {float(self.sigmas[-1]):.4g}). "
-                             "Sample with euler on the trace's own sigmas ('POLARIS Trace Sigmas').")
-        if batch != self.omega.shape[1]:
-            raise ValueError(f"{who}: the latent batch has {batch} samples but the trace was made for "
-                             f"{self.omega.shape[1]}. Replay with the inverted latent of the same trace.")
-        return self.omega[k]
-
     def save(self, path: str | os.PathLike) -> None:
         """Write the trace as safetensors with JSON metadata, atomically."""
         TRACE_FORMAT.save(path, {"sigmas": self.sigmas, "omega": self.omega, "latent": self.latent},
@@ -201,19 +183,64 @@ def polaris_invert(pair_denoiser: PairDenoiser, x0: Tensor, sigmas: Tensor, flow
     return x, PolarisTrace(sigmas, torch.stack(omegas), x, flow, space, eval_at, solver)
 
 
-def replay_omega(trace: PolarisTrace, sigma: Tensor, batch: int, cfg: float = 1.0, blend: float = 0.0,
-                 who: str = "POLARIS replay") -> Tensor:
-    """ω to denoise with at ``sigma``: the recorded one, plus ``blend·(cfg - 1)`` so an edit can follow the user's cfg."""
-    return trace.omega_at(sigma, batch, who) + blend * (cfg - 1.0)
+class Replay:
+    """The ω of one denoising run of a trace (time-aligned: the step from σ_{k+1} to σ_k mirrors inversion step k and
+    replays ω_k), plus ``blend·(cfg - 1)`` so an edit can follow the user's cfg (METHODS.md).
+
+    Each lookup finds its level among the trace's on the sampler's device, with no host read; how far the farthest
+    asked level was from any of the trace's is kept, and :meth:`check` reads it once, after the run: a level the
+    inversion never reached means the replay did not undo it (an error naming ``who``).
+    """
+
+    def __init__(self, trace: PolarisTrace, cfg: float = 1.0, blend: float = 0.0, who: str = "POLARIS replay"):
+        self.trace, self.offset, self.who = trace, blend * (cfg - 1.0), who
+        self.tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self.worst: tuple[Tensor, Tensor] | None = None  # (relative distance, the level asked)
+
+    def table(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The trace's levels σ_1 … σ_N and its ω ``[N, B]``, moved to ``device`` once."""
+        if device not in self.tables:
+            dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+            self.tables[device] = (self.trace.sigmas[1:].to(device, dtype), self.trace.omega.to(device))
+        return self.tables[device]
+
+    def omega(self, sigma: Tensor, batch: int) -> Tensor:
+        """The ω ``[B]`` to denoise with at level ``sigma`` (its first entry), on ``sigma``'s device."""
+        if batch != self.trace.omega.shape[1]:
+            raise ValueError(f"{self.who}: the latent batch has {batch} samples but the trace was made for "
+                             f"{self.trace.omega.shape[1]}. Replay with the inverted latent of the same trace.")
+        levels, omega = self.table(sigma.device)
+        level = sigma.reshape(-1)[:1].to(levels.dtype)
+        distance = (levels - level).abs()
+        k = distance.argmin()
+        off = (distance[k] / level.clamp_min(1e-3)).reshape(1)
+        if self.worst is None:
+            self.worst = (off, level)
+        else:
+            farther = off > self.worst[0]
+            self.worst = (torch.where(farther, off, self.worst[0]), torch.where(farther, level, self.worst[1]))
+        return omega[k] + self.offset
+
+    def reset(self) -> None:
+        """Forget the lookups so far (a run that ended early leaves them behind)."""
+        self.worst = None
+
+    def check(self) -> None:
+        """Raise if a lookup since the last check asked for a level the trace does not have (one host read)."""
+        worst, self.worst = self.worst, None
+        if worst is not None and float(worst[0]) > 1e-4:
+            trace = self.trace
+            raise ValueError(f"{self.who}: the sampler asked for σ = {float(worst[1]):.6g}, which is not a level of the "
+                             f"trace ({trace.steps} steps, σ {float(trace.sigmas[1]):.4g} … {float(trace.sigmas[-1]):.4g}). "
+                             "Sample with euler on the trace's own sigmas ('POLARIS Trace Sigmas').")
 
 
-def replay_denoiser(pair_denoiser: PairDenoiser, trace: PolarisTrace, cfg: float = 1.0, blend: float = 0.0) -> Denoiser:
-    """``D(x, σ) = D_u + ω(σ)·(D_c - D_u)`` with ω of :func:`replay_omega`; the pair may hold an edited prompt."""
+def replay_denoiser(pair_denoiser: PairDenoiser, replay: Replay) -> Denoiser:
+    """``D(x, σ) = D_u + ω(σ)·(D_c - D_u)`` with ω of ``replay``; the pair may hold an edited prompt."""
 
     def denoiser(x: Tensor, sigma: Tensor) -> Tensor:
         cond, uncond = pair_denoiser(x, sigma)
-        omega = replay_omega(trace, sigma, x.shape[0], cfg, blend).to(device=cond.device, dtype=cond.dtype)
-        return cfg_mix(cond, uncond, omega)
+        return cfg_mix(cond, uncond, replay.omega(sigma, x.shape[0]).to(dtype=cond.dtype))
 
     return denoiser
 
@@ -225,5 +252,7 @@ def polaris_denoise(pair_denoiser: PairDenoiser, z: Tensor, trace: PolarisTrace,
     DDIM/Euler steps (:func:`samplers.inversion.ddim`), the mirror image of the inversion; ``blend > 0`` adds
     ``blend·(cfg - 1)`` to every ω for edits (METHODS.md).
     """
-    return ddim(replay_denoiser(pair_denoiser, trace, cfg, blend), z, trace.replay_sigmas(), trace.flow,
-                callback=callback)
+    replay = Replay(trace, cfg, blend)
+    x = ddim(replay_denoiser(pair_denoiser, replay), z, trace.replay_sigmas(), trace.flow, callback=callback)
+    replay.check()
+    return x

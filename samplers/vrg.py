@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -71,17 +71,18 @@ class _Table(NamedTuple):
     rise: np.ndarray
 
 
-def _interpolate(table: _Table, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _interpolate(table: _Table, sigma: np.ndarray, xp=np) -> tuple[np.ndarray, np.ndarray]:
     """``mse_x0`` at levels ``sigma`` and its log-log slope ``d log mse_x0 / d log σ`` (0 where clamped).
 
     Linear in log σ on log mse_x0 (METHODS.md), written ``mse_j·exp(w·Δ_j)`` so that every grid point (w = 0) comes
-    back bit-exactly; outside the grid the end values hold.
+    back bit-exactly; outside the grid the end values hold. ``xp``: numpy (the optimiser, on the host) or torch (a
+    table and levels on the sampler's device: no host copy per call).
     """
-    x = np.log(np.minimum(np.maximum(sigma, table.grid[0]), table.grid[-1]))
-    j = np.searchsorted(table.log_grid, x, side="right") - 1
+    x = xp.log(xp.minimum(xp.maximum(sigma, table.grid[0]), table.grid[-1]))
+    j = xp.searchsorted(table.log_grid, x, side="right") - 1
     w = (x - table.log_grid[j]) / table.step[j]
-    slope = np.where((sigma > table.grid[0]) & (sigma < table.grid[-1]), table.rise[j] / table.step[j], 0.0)
-    return table.mse[j] * np.exp(w * table.rise[j]), slope
+    slope = xp.where((sigma > table.grid[0]) & (sigma < table.grid[-1]), table.rise[j] / table.step[j], 0.0)
+    return table.mse[j] * xp.exp(w * table.rise[j]), slope
 
 
 @dataclass(eq=False)
@@ -104,6 +105,7 @@ class ErrorProfile:
     conditioning: str = ""
     latent_shape: tuple[int, ...] = ()
     pack_version: str = ""
+    _device_tables: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Own copies: the caller's tensors may change later, and safetensors refuses to save two views of one buffer.
@@ -133,8 +135,12 @@ class ErrorProfile:
         Linear in log σ on log mse_x0 between grid points (METHODS.md), exact at them, clamped outside the grid.
         """
         sigma = torch.as_tensor(sigma)
-        value, _ = _interpolate(self._table(), sigma.detach().to("cpu", torch.float64).numpy())
-        return torch.from_numpy(np.asarray(value)).to(sigma.device)
+        dtype = torch.float32 if sigma.device.type == "mps" else torch.float64  # MPS has no float64
+        key = (sigma.device, dtype)
+        if key not in self._device_tables:  # the table moves to a device once, not at every call
+            self._device_tables[key] = _Table(*(torch.as_tensor(part, dtype=dtype, device=sigma.device)
+                                                for part in self._table()))
+        return _interpolate(self._device_tables[key], sigma.detach().to(dtype), torch)[0]
 
     def mse_eps(self, sigma: Tensor) -> Tensor:
         """The noise-prediction error ``mse_x0/σ_ve²`` (the paper's form), flow levels through ``ve_sigma``.

@@ -345,7 +345,7 @@ def prepare_base(base_dir: Path, pack_dir: Path, pack_name: str, checkpoint: Pat
                  ) -> None:
     """Create ComfyUI's base folder: the pack symlinked into ``custom_nodes``, the tiny checkpoint linked in, and
     ``links`` (paths under ``base_dir`` -> targets: more packs, model files)."""
-    for sub in ("custom_nodes", "models/checkpoints", "input", "output", "user"):
+    for sub in ("custom_nodes", "models/checkpoints", "input", "output", "temp", "user"):
         (base_dir / sub).mkdir(parents=True, exist_ok=True)
     relink(base_dir / "custom_nodes" / pack_name, pack_dir.resolve())
     make_tiny_checkpoint(checkpoint)

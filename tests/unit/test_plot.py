@@ -1,8 +1,8 @@
-"""The IMAGE plots (nodes/plot.py): the legend keeps off the drawn lines."""
+"""The IMAGE plots (plots/line.py): the legend keeps off the drawn lines."""
 
 import torch
 
-from nodes.plot import COLOURS, legend_corner, render
+from plots.line import COLOURS, legend_corner, render
 
 LEFT, RIGHT, TOP, BOTTOM = 70, 620, 34, 354  # the plot frame of render's default 640×400 size
 

@@ -14,16 +14,6 @@ from samplers.inversion import ddim, reconstruction_error
 FLOWS = [False, True]
 
 
-@pytest.fixture(scope="module")
-def mixture():
-    return gmm.make_mixture(dim=16, n_classes=3, components_per_class=2, seed=0)
-
-
-@pytest.fixture(scope="module")
-def x0(mixture):
-    return mixture.sample(64, torch.Generator().manual_seed(5), cls=1)
-
-
 def objective(d_u, d_c, omega):
     return (d_u + omega * (d_c - d_u)).pow(2).sum(-1)
 
@@ -92,9 +82,10 @@ def test_velocity_and_eps_spaces_agree_for_eps_models(mixture, x0):
 def test_replay_is_time_aligned(mixture, x0, flow):
     pair = mixture.pair_denoiser(1, flow)
     reconstruction, trace = polaris_round_trip(pair, x0, 20, flow)
-    down = trace.replay_sigmas()
+    down, replay = trace.replay_sigmas(), polaris.Replay(trace)
     for j in range(trace.steps):  # denoising step j mirrors inversion step N-1-j
-        assert torch.equal(trace.omega_at(down[j], 64), trace.omega[trace.steps - 1 - j])
+        assert torch.equal(replay.omega(down[j : j + 1], 64), trace.omega[trace.steps - 1 - j])
+    replay.check()
     aligned = reconstruction_error(x0, reconstruction).mean()
     reversed_trace = dataclasses.replace(trace, omega=trace.omega.flip(0))
     misaligned = reconstruction_error(x0, polaris.polaris_denoise(pair, trace.latent, reversed_trace)).mean()
@@ -103,10 +94,15 @@ def test_replay_is_time_aligned(mixture, x0, flow):
 
 def test_replay_refuses_levels_and_batches_the_trace_does_not_have(mixture, x0):
     _, trace = polaris_round_trip(mixture.pair_denoiser(1, False), x0, 10, False)
+    replay = polaris.Replay(trace)
+    replay.omega(trace.sigmas[-1:], 64)
+    replay.omega(torch.tensor([0.5]), 64)  # looked up without a host read; the run's check says so afterwards
+    replay.omega(trace.sigmas[1:2], 64)
     with pytest.raises(ValueError, match=r"σ = 0\.5.*not a level of the trace.*POLARIS Trace Sigmas"):
-        trace.omega_at(torch.tensor([0.5]), 64)
+        replay.check()
+    replay.check()  # each check covers the lookups since the last one
     with pytest.raises(ValueError, match="batch has 2 samples but the trace was made for 64"):
-        trace.omega_at(trace.sigmas[-1], 2)
+        replay.omega(trace.sigmas[-1:], 2)
 
 
 @pytest.mark.parametrize("flow", FLOWS)

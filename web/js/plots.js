@@ -1,6 +1,6 @@
 // Error-Control Samplers: live line plots on the pack's nodes (POLARIS omega per step, VRG schedules and error
 // profiles, noise-shift curves). A node sends its plot as data in its UI output under "error_control_plot"
-// (nodes/plot.py); this extension draws it on a canvas widget, and greys it out when an input changes until the next
+// (plots/line.py); this extension draws it on a canvas widget, and greys it out when an input changes until the next
 // run. No build step, no network; only app.registerExtension and the node's DOM-widget API are used.
 import { app } from "../../../scripts/app.js";
 

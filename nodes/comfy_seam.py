@@ -1,7 +1,11 @@
-"""The host's sampling objects as the plain callables of ``samplers/``: denoisers, parametrisation, step callbacks."""
+"""The one seam to ComfyUI: every reach into its internals that the nodes need lives here (the wrapped model a sampler
+receives, ``model_sampling``, ``model_options``, model patches, guiders, the profile a MODEL carries, the node API's
+newer arguments), turned into the plain callables and tensors of ``samplers/``. When ComfyUI changes, this file changes;
+``tests/unit/test_seam.py`` keeps the other node files from reaching around it."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import logging
@@ -41,9 +45,19 @@ def is_flow(model_sampling: object) -> bool:
     return isinstance(model_sampling, comfy.model_sampling.CONST)
 
 
+def sampler_model_patcher(model) -> object:
+    """The MODEL (ModelPatcher) behind the wrapped model a k-diffusion-style sampler function receives from ComfyUI."""
+    return model.inner_model.model_patcher
+
+
 def sampler_model_sampling(model) -> object:
     """The ``model_sampling`` of the model a k-diffusion-style sampler function receives from ComfyUI."""
-    return model.inner_model.model_patcher.get_model_object("model_sampling")
+    return sampler_model_patcher(model).get_model_object("model_sampling")
+
+
+def sampler_cfg(model) -> float:
+    """The cfg of the guider that drives the wrapped model a sampler function receives (1 for BasicGuider)."""
+    return float(model.inner_model.cfg)
 
 
 def sampler_denoiser(model, extra_args: dict | None) -> Denoiser:
@@ -68,14 +82,25 @@ def model_is_flow(model_patcher) -> bool:
     return is_flow(model_patcher.get_model_object("model_sampling"))
 
 
+def schedule(model_sampling, scheduler: str, steps: int) -> Tensor:
+    """ComfyUI's ``scheduler`` over ``steps`` for a model's sampling object (as a scheduler handler receives it), on CPU."""
+    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).cpu()
+
+
 def scheduler_sigmas(model_patcher, scheduler: str, steps: int, denoise: float, node: str) -> Tensor:
     """A schedule as BasicScheduler builds it (``denoise < 1`` keeps the last ``steps`` levels of a longer one), on CPU."""
     if steps < 1:
         raise ValueError(f"{node}: input 'steps' must be >= 1, got {steps}.")
     if not 0 < denoise <= 1:
         raise ValueError(f"{node}: input 'denoise' must be in (0, 1], got {denoise}.")
+    return schedule(model_patcher.get_model_object("model_sampling"), scheduler, int(steps / denoise))[-(steps + 1):]
+
+
+def sigma_range(model_patcher) -> tuple[float, float]:
+    """The model's smallest and largest noise level in its own parametrisation (a flow model's top capped at 1)."""
     model_sampling = model_patcher.get_model_object("model_sampling")
-    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, int(steps / denoise)).cpu()[-(steps + 1):]
+    top = float(model_sampling.sigma_max)
+    return float(model_sampling.sigma_min), min(top, 1.0) if is_flow(model_sampling) else top
 
 
 def composed_uncond(cond: Tensor, uncond: Tensor, guided: Tensor | None, scale: float) -> Tensor:
@@ -118,6 +143,81 @@ def sampler_pair_denoiser(model, extra_args: dict | None, node: str) -> PairDeno
         return captured.pop("pair")
 
     return pair
+
+
+def latent_of_state(model_patcher, sigma: Tensor, state: Tensor) -> Tensor:
+    """The LATENT samples that SamplerCustomAdvanced (DisableNoise, first level ``sigma``) turns back into the sampler
+    state ``state``: ComfyUI scales a LATENT by the first level for flow models, so that scaling is undone here."""
+    model_sampling = model_patcher.get_model_object("model_sampling")
+    return model_patcher.model.process_latent_out(model_sampling.inverse_noise_scaling(sigma, state))
+
+
+class MixingGuider(comfy.samplers.CFGGuider):
+    """A CFGGuider whose combination of cond and uncond is a method's own ``mix(cond, uncond, sigma) -> denoised``.
+
+    The user's CFG function (RescaleCFG, another pack's) is folded into ``uncond`` (:func:`composed_uncond`) and their
+    post-CFG patches act on the result, as after ComfyUI's own CFG. ``check(x)`` vets the latent first;
+    ``conditional_only`` skips the negative branch (a mix that is the conditional prediction: one model call a step);
+    ``before()`` and ``after()`` run around each sampling run (``after`` only when it completed), e.g. to check once
+    what the steps recorded on the device.
+    """
+
+    def __init__(self, model_patcher, mix: Callable[[Tensor, Tensor, Tensor], Tensor],
+                 check: Callable[[Tensor], None] | None = None, conditional_only: bool = False,
+                 before: Callable[[], None] | None = None, after: Callable[[], None] | None = None):
+        super().__init__(model_patcher)
+        self.mix, self.check, self.conditional_only = mix, check, conditional_only
+        self.before, self.after = before, after
+
+    def sample(self, *args, **kwargs):
+        if self.before is not None:
+            self.before()
+        samples = super().sample(*args, **kwargs)
+        if self.after is not None:
+            self.after()
+        return samples
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (the host's signature)
+        if self.check is not None:
+            self.check(x)
+        if self.conditional_only:  # as ComfyUI's cfg 1
+            return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds.get("positive"), 1.0,
+                                                    model_options=model_options, seed=seed)
+        user_cfg = model_options.get("sampler_cfg_function")
+
+        def combine(args: dict) -> Tensor:
+            cond = args["cond_denoised"]
+            guided = None if user_cfg is None else args["input"] - user_cfg(args)
+            return args["input"] - self.mix(cond, composed_uncond(cond, args["uncond_denoised"], guided,
+                                                                  args["cond_scale"]), args["sigma"])
+
+        options = {**model_options, "sampler_cfg_function": combine, "disable_cfg1_optimization": True}
+        return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative"),
+                                                self.conds.get("positive"), self.cfg, model_options=options, seed=seed)
+
+
+def with_post_cfg(model_patcher, function: Callable[[dict], Tensor]):
+    """A clone of the MODEL with ``function`` appended to its post-CFG functions (after the user's own)."""
+    clone = model_patcher.clone()
+    clone.set_model_sampler_post_cfg_function(function)
+    return clone
+
+
+def conditional_model(args: dict) -> Denoiser:
+    """``D_c(x, σ)`` inside a post-CFG function: the step's positive conditioning on the step's model, with the step's
+    model options (patches included)."""
+    model, options, cond = args["model"], args["model_options"], args["cond"]
+    return lambda x, sigma: comfy.samplers.calc_cond_batch(model, [cond], x, sigma, options)[0]
+
+
+def step_model_sampling(args: dict) -> object:
+    """The ``model_sampling`` of the model a post-CFG function's step runs."""
+    return args["model"].model_sampling
+
+
+def percent_window(model_sampling, start_percent: float, end_percent: float) -> tuple[float, float]:
+    """The σ range ``(low, high)`` between two points of sampling (ComfyUI's start/end percent)."""
+    return model_sampling.percent_to_sigma(end_percent), model_sampling.percent_to_sigma(start_percent)
 
 
 def cfg_guider(model_patcher, positive, negative, cfg: float) -> comfy.samplers.CFGGuider:
@@ -187,6 +287,26 @@ def model_fingerprint(model_patcher) -> str:
     """What an artefact made with this MODEL records: its sampling and weights fingerprints and its family."""
     return (f"{sampling_fingerprint(model_patcher.get_model_object('model_sampling'))} {weights_fingerprint(model_patcher)} "
             f"{FAMILY_TAG}{model_family(model_patcher)}")
+
+
+PROFILE_ATTRIBUTE = "error_control_vrg_profile"
+
+
+def with_profile(model_patcher, profile):
+    """A clone of the MODEL that carries a VRG error ``profile`` for the ``vrg`` scheduler and Noise Awareness Guidance.
+    It rides on a copy of the model's sampling object, because that object is all ComfyUI hands a scheduler."""
+    patched = model_patcher.clone()
+    model_sampling = copy.copy(patched.get_model_object("model_sampling"))
+    setattr(model_sampling, PROFILE_ATTRIBUTE, profile)
+    patched.add_object_patch("model_sampling", model_sampling)
+    return patched
+
+
+def attached_profile(model_sampling_or_patcher):
+    """The profile :func:`with_profile` attached (to a MODEL, or to the sampling object a scheduler receives), or None."""
+    model_sampling = getattr(model_sampling_or_patcher, "get_model_object", None)
+    model_sampling = model_sampling("model_sampling") if model_sampling else model_sampling_or_patcher
+    return getattr(model_sampling, PROFILE_ATTRIBUTE, None)
 
 
 def check_made_for(made_for: str, made_flow: bool, model_patcher, node: str, input_name: str, made: str, remake: str

@@ -1,0 +1,41 @@
+"""The one seam to ComfyUI (nodes/comfy_seam.py): no other node file reaches into ComfyUI's internals itself.
+
+Read with ``ast`` (no ComfyUI needed): an attribute or a subscript key from the list below anywhere in a node file
+other than the seam is a reach around it. The seam itself must contain such reaches, or this test checks nothing."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+NODES = Path(__file__).resolve().parents[2] / "nodes"
+SEAM = NODES / "comfy_seam.py"
+INTERNALS = {
+    "inner_model", "model_patcher", "model_sampling", "model_options", "get_model_object", "add_object_patch",
+    "set_model_sampler_cfg_function", "set_model_sampler_post_cfg_function", "set_model_sampler_pre_cfg_function",
+    "set_model_unet_function_wrapper", "add_wrapper", "calc_cond_batch", "sampling_function", "calculate_sigmas",
+    "diffusion_model", "process_latent_in", "process_latent_out", "inverse_noise_scaling", "percent_to_sigma",
+    "model_config", "CFGGuider",
+}
+"""Names of ComfyUI's internals: the wrapped model, sampling objects, options, patches, guider internals."""
+
+
+def reaches(path: Path) -> list[str]:
+    """``line: name`` of every attribute access and string subscript in ``path`` that names an internal."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr in INTERNALS:
+            found.append(f"{node.lineno}: .{node.attr}")
+        elif (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
+              and node.slice.value in INTERNALS):
+            found.append(f"{node.lineno}: [{node.slice.value!r}]")
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(p for p in NODES.glob("*.py") if p != SEAM), ids=lambda p: p.name)
+def test_node_files_reach_comfyui_only_through_the_seam(path):
+    assert reaches(path) == [], f"{path.name} reaches into ComfyUI; move it to nodes/comfy_seam.py"
+
+
+def test_the_seam_is_where_the_reaches_are():
+    assert len(reaches(SEAM)) >= 10
