@@ -185,6 +185,72 @@ def make_mixture(dim: int, n_classes: int, components_per_class: int, seed: int,
     return GaussianMixture(means, stds, weights, labels)
 
 
+class NoisePosterior:
+    """The exact noise posterior ``log p(σ | x)`` of a mixture: the oracle noise-level estimator of classifier-based Noise
+    Awareness Guidance (arXiv 2510.12497; METHODS.md "NAG"), a ``samplers.nag.NoiseEstimator``.
+
+        log p_σ(x) = logsumexp_k [log π_k + log N(x; a(σ)·μ_k, (a(σ)²·s_k² + σ²)·I)]
+        log p(σ | x) = log p_σ(x) - log ∫ p_σ'(x) dλ',    λ = log σ_ve
+
+    A density in ``λ = log σ_ve`` under a prior uniform in λ on ``[sigma_min, sigma_max]`` (VE levels; EVAL.md's
+    log-uniform prior on a grid), so it is defined at any σ in that range, not only on the grid. The normaliser is the
+    trapezoid rule on ``points`` levels equally spaced in λ: spacing 0.021 at the defaults, about the posterior's width at
+    high σ for d = 1024 (``√(1/(2d))`` in λ), where the rule's error on a Gaussian bump is ``~e^(-2π²)``; below the data's
+    scale the likelihood is flat down to the range's end, hence trapezoid end weights.
+
+    Every level shares ``x·μ_k`` (``‖x - a·μ_k‖²`` expanded), so the grid costs ``[B, levels, K]`` scalars, not a pass
+    over ``d`` per level. Differentiable in ``x``; computed in the mixture's dtype.
+    """
+
+    def __init__(self, mixture: GaussianMixture, cls: Classes = None, flow: bool = False, sigma_min: float = 0.002,
+                 sigma_max: float = 80.0, points: int = 512):
+        self.mixture, self.cls, self.flow = mixture, cls, flow
+        means = mixture.means
+        self.log_levels = torch.linspace(math.log(sigma_min), math.log(sigma_max), points, dtype=means.dtype,
+                                         device=means.device)
+        self.grid = self.level_of(self.log_levels)
+        spacing = torch.full_like(self.log_levels, (math.log(sigma_max) - math.log(sigma_min)) / (points - 1))
+        spacing[[0, -1]] /= 2
+        self.log_weights = spacing.log()
+
+    def level_of(self, log_sigma_ve: Tensor) -> Tensor:
+        """The level of ``λ = log σ_ve`` in the model's parametrisation (flow: ``s = σ/(1+σ)``)."""
+        sigma = log_sigma_ve.exp()
+        return sigma / (1 + sigma) if self.flow else sigma
+
+    def log_marginals(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """``log p_σ(x | cls)`` ``[B, J]`` at levels ``sigma`` ``[B, J]`` or ``[J]`` (the model's parametrisation)."""
+        m = self.mixture
+        x = x.reshape(x.shape[0], m.dim).to(m.means)
+        a = alpha(sigma, self.flow)[..., None]  # [B|1, J, 1]
+        var = a**2 * m.stds**2 + sigma[..., None] ** 2  # [B|1, J, K]
+        cross = (x @ m.means.T)[:, None, :]  # [B, 1, K]
+        sq = (x**2).sum(-1)[:, None, None] - 2 * a * cross + a**2 * (m.means**2).sum(-1)
+        log_like = -0.5 * (sq.clamp_min(0) / var + m.dim * (2 * math.pi * var).log())
+        return (m.log_prior(self.cls) + log_like).logsumexp(-1)
+
+    def grid_posterior(self, x: Tensor) -> Tensor:
+        """The posterior mass of each grid level (quadrature weight included), ``[B, J]``, rows summing to 1."""
+        return (self.log_marginals(x, self.grid) + self.log_weights).softmax(-1)
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """``log p(σ | x)`` ``[B]`` (a density in ``log σ_ve``) for states ``x`` ``[B, ...]`` at levels ``sigma`` ``[B]``."""
+        sigma = _levels(sigma, x).to(self.mixture.means)
+        at_sigma = self.log_marginals(x, sigma[:, None])[:, 0]
+        evidence = (self.log_marginals(x, self.grid) + self.log_weights).logsumexp(-1)
+        return (at_sigma - evidence).to(x.dtype)
+
+    @torch.no_grad()
+    def estimate(self, x: Tensor) -> Tensor:
+        """σ̂ = ``√E[σ_ve² | x]``, the posterior RMS level, in the model's parametrisation, ``[B]``.
+
+        The RMS, not ``exp E[log σ]``: below the data's scale the likelihood is flat in σ and a log-mean follows the
+        prior's lower end, while the RMS reads the noise energy the state carries (bench/nag.py's ``shift`` convention).
+        """
+        mean_square = self.grid_posterior(x) @ (2 * self.log_levels).exp()
+        return self.level_of(0.5 * mean_square.log()).to(x.dtype)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Imperfect denoisers with a knob (EVAL.md, Testbed 1: 1 error field, 2 GaussianMixture.scaled, 3 miscalibrated, 4 MLP)
 
