@@ -43,9 +43,9 @@ from samplers import core
 from samplers.diffier import diffier, prediction_drift
 from samplers.inversion import ddim
 
-from .inversion import schedule
+from .kit import Counted, markdown_table, schedule
 from .testbeds import digits, gmm
-from .vrg import markdown_table, sliced_w2
+from .vrg import sliced_w2
 
 F64 = torch.float64
 CLASS = 1
@@ -75,17 +75,6 @@ def models(mixture: gmm.GaussianMixture, flow: bool, setting: Setting) -> dict[s
     field = gmm.perturbed_pair(mixture.pair_denoiser(CLASS, flow), mixture.dim, seed=1, amplitude=setting.amplitude, flow=flow)
     net = gmm.train_mlp_denoiser(mixture, flow=flow, steps=setting.mlp_steps, batch=256, seed=0)
     return {"field": field, "mlp": net.pair_denoiser(CLASS)}
-
-
-class Counted:
-    """A pair denoiser counting network evaluations per sample (cond and uncond: 1 each)."""
-
-    def __init__(self, pair: core.PairDenoiser):
-        self.model, self.evals = pair, 0
-
-    def __call__(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        self.evals += 2
-        return self.model(x, sigma)
 
 
 class Recorder:
@@ -148,7 +137,7 @@ def _case(pair: core.PairDenoiser, mixture: gmm.GaussianMixture, flow: bool, sca
     rows = []
     for variant, run_variant in runs.items():
         model, recorder = Counted(pair), Recorder()
-        x = run_variant(model, recorder)
+        x = run_variant(model.pair, recorder)
         rows.append({"variant": variant, "evals": float(model.evals),
                      "gap": excess_nll(recorder, mixture, truth, flow, seed),
                      "drift": prediction_drift(recorder.predictions).mean(-1).sum().item(),

@@ -7,21 +7,10 @@ import torch
 from samplers import core
 from samplers.inversion import ddim, reconstruction_error
 
+from .kit import schedule
 from .testbeds import gmm
 
 STEP_COUNTS = (10, 20, 50, 100)
-
-
-def karras(steps: int, sigma_min: float = 0.03, sigma_max: float = 14.6, rho: float = 7.0) -> torch.Tensor:
-    """Karras et al. 2022 (eq. 5) levels from ``sigma_max`` to ``sigma_min``, then 0, in float64."""
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
-
-
-def schedule(steps: int, flow: bool) -> torch.Tensor:
-    """Descending levels ending in 0: Karras (σ 14.6 → 0.03, ρ 7) for VE, uniform for flow (ComfyUI's defaults' shapes)."""
-    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64) if flow else karras(steps)
 
 
 def levels(steps: int, flow: bool) -> tuple[torch.Tensor, torch.Tensor]:

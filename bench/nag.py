@@ -39,9 +39,9 @@ from samplers.inversion import ddim
 from samplers.nag import NoiseEstimator, estimate_sigma, in_window, nag_guided, noise_level_gradient
 from samplers.vrg import ErrorProfile, default_sigma_grid, measure_error_profile
 
-from .inversion import karras
+from .kit import Counted, markdown_table, schedule
 from .testbeds import gmm
-from .vrg import markdown_table, sliced_w2
+from .vrg import sliced_w2
 
 F64 = torch.float64
 CLASS = 1
@@ -64,10 +64,6 @@ class Setting:
 QUICK = Setting()
 
 
-def schedule(steps: int, flow: bool) -> Tensor:
-    return torch.linspace(1.0, 0.0, steps + 1, dtype=F64) if flow else karras(steps)
-
-
 def window(flow: bool) -> tuple[float, float]:
     """The later part of sampling: VE σ ≤ 1 (about the data's scale), flow s ≤ 0.5 (the same VE level)."""
     return (0.0, 0.5) if flow else (0.0, 1.0)
@@ -77,23 +73,6 @@ def profile_of(denoiser: core.Denoiser, mixture: gmm.GaussianMixture, flow: bool
     g = torch.Generator().manual_seed(seed)
     grid = default_sigma_grid(1e-3, 1.0, 64, flow=True) if flow else default_sigma_grid(0.002, 80.0, 64)
     return measure_error_profile(denoiser, mixture.sample(2048, g, CLASS), grid, g, flow=flow)
-
-
-class Counted:
-    """A pair denoiser and its conditional half that count network evaluations per sample (cond and uncond: 1 each) and
-    record the state and level of every pair call."""
-
-    def __init__(self, pair: core.PairDenoiser, cond: core.Denoiser):
-        self.pair_model, self.cond_model, self.evals, self.states = pair, cond, 0, []
-
-    def pair(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        self.evals += 2
-        self.states.append((x, sigma))
-        return self.pair_model(x, sigma)
-
-    def cond(self, x: Tensor, sigma: Tensor) -> Tensor:
-        self.evals += 1
-        return self.cond_model(x, sigma)
 
 
 def shift(states: list, meter: core.Denoiser, profile: ErrorProfile, last: int) -> float:

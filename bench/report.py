@@ -28,6 +28,7 @@ from samplers.nag import estimate_sigma, nag_guided
 from samplers.vrg import optimize_sigmas
 
 from . import diffier, nag, polaris, vrg
+from .kit import markdown_table
 from .testbeds import gmm
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -74,7 +75,7 @@ def nag_section(mode: Mode) -> str:
     body = ("Testbed 1: error to a high-accuracy solution from the same noise, sliced W2, the noise shift at the last calls "
             "(estimated σ / scheduled σ), and ratios to plain CFG at the same steps; `evals` counts network evaluations "
             "a sample (NFE). Variants: `cfg` plain CFG at the same steps, `cfg_nfe` plain CFG given the same NFE (more steps), "
-            "`nag_fixed` / `nag_adaptive` the guidance in its two modes.\n\n" + vrg.markdown_table(nag.run(mode.nag)))
+            "`nag_fixed` / `nag_adaptive` the guidance in its two modes.\n\n" + markdown_table(nag.run(mode.nag)))
     return section("Noise Awareness Guidance", "python -m bench.nag", body)
 
 
@@ -83,17 +84,17 @@ def diffier_section(mode: Mode) -> str:
     body = ("Testbed 1: sliced W2 and gap over cfg, DiffIER (reconstructed from the paper's abstract) against plain CFG at "
             "equal steps and at equal NFE. Variants: `cfg` plain CFG at the same steps, `cfg_nfe` plain CFG given the same NFE, "
             "`C` the pack's DiffIER (closed-form weight), `A` a fixed-point correction of the next state (the reading that "
-            "lost), `_half` with damping 0.5.\n\n### Summary over cfg\n\n" + vrg.markdown_table(tables["summary"]) +
-            "\n### Sweep\n\n" + vrg.markdown_table(tables["sweep"]))
+            "lost), `_half` with damping 0.5.\n\n### Summary over cfg\n\n" + markdown_table(tables["summary"]) +
+            "\n### Sweep\n\n" + markdown_table(tables["sweep"]))
     if mode.digits:
         body += ("\n### Testbed 2: digits\n\nFréchet distance to the training digits in the classifier's features (lower "
-                 "is better) and label accuracy of 2000 samples, 10 steps.\n\n" + vrg.markdown_table(diffier.digits_rows()))
+                 "is better) and label accuracy of 2000 samples, 10 steps.\n\n" + markdown_table(diffier.digits_rows()))
     return section("DiffIER", "python -m bench.diffier" + full_flag(mode), body)
 
 
 def vrg_section(mode: Mode) -> str:
     tables = vrg.run(mode.vrg)
-    body = "".join(f"### {name}\n\n{vrg.markdown_table(rows)}\n" for name, rows in tables.items())
+    body = "".join(f"### {name}\n\n{markdown_table(rows)}\n" for name, rows in tables.items())
     return section("VRG schedules", "python -m bench.vrg" + full_flag(mode), "Testbed 1.\n\n" + body)
 
 

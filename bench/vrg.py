@@ -32,7 +32,7 @@ from samplers import core
 from samplers.inversion import ddim
 from samplers.vrg import ErrorProfile, cumulative_error, default_sigma_grid, measure_error_profile, optimize_sigmas
 
-from .inversion import karras
+from .kit import karras, markdown_table
 from .testbeds import gmm
 
 F64 = torch.float64
@@ -336,14 +336,6 @@ def run(setting: Setting = QUICK) -> dict[str, list[dict]]:
     return {"profile_check": profile_check_rows(setting, denoisers=models),
             "cpe": cpe_rows(profiles) + cpe_rows({flow: chosen_profile(flow) for flow in (False, True)}, "chosen"),
             "samples": sample_rows(setting, {flow: models[flow]["mlp"] for flow in (False, True)}, profiles)}
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """Rows as a Markdown table (floats to 4 significant digits), columns in first-seen order."""
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    return "\n".join(lines + ["| " + " | ".join(cell(row.get(k, "")) for k in keys) + " |" for row in rows])
 
 
 if __name__ == "__main__":

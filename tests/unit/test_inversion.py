@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.inversion import invert_and_reconstruct
-from bench.inversion import schedule as descending
+from bench.kit import schedule as descending
 from bench.testbeds import gmm
 from samplers import core
 from samplers.inversion import ddim, reconstruction_error

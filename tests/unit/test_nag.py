@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench import nag as bench_nag
-from bench.inversion import schedule
+from bench.kit import schedule
 from bench.testbeds import gmm
 from samplers import core
 from samplers.inversion import ddim

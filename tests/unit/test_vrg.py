@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.inversion import schedule as karras_or_uniform
+from bench.kit import schedule as karras_or_uniform
 from bench.vrg import base_schedule
 from samplers import core, vrg
 
