@@ -1,5 +1,6 @@
 """The pack's methods compose with the user's own guidance patches instead of dropping them: DiffIER, POLARIS Replay and
-Noise Awareness Guidance stacked on ComfyUI's RescaleCFG (a CFG function), CFGNorm and CFG-Zero* (post-CFG patches).
+Noise Awareness Guidance stacked on ComfyUI's RescaleCFG (a CFG function), CFGNorm and CFG-Zero* (post-CFG patches) and
+another pack's CFG function (the test pack's ``ErrorControlTestCFGFunction``).
 Each patch must still change the result, and with no patch the result is the pack's own (the other host tests)."""
 
 import pytest
@@ -12,6 +13,7 @@ USER_PATCHES = {
     "RescaleCFG": {"class_type": "RescaleCFG", "inputs": {"multiplier": 1.0}},
     "CFGNorm": {"class_type": "CFGNorm", "inputs": {"strength": 0.8}},
     "CFGZeroStar": {"class_type": "CFGZeroStar", "inputs": {}},
+    "another pack's CFG function": {"class_type": "ErrorControlTestCFGFunction", "inputs": {"damping": 0.8}},
 }
 CFG = 6.0
 

@@ -1,4 +1,5 @@
-"""Test-only ComfyUI node pack: seeded CONDITIONING for the tiny model families of ``tools/families.py``.
+"""Test-only ComfyUI node pack: seeded CONDITIONING for the tiny model families of ``tools/families.py``, and a CFG
+function standing in for another pack's.
 
 It exists because no tiny real text encoder exists for these families: SDXL's CLIP-L + CLIP-G, SD3.5's CLIP-L +
 CLIP-G + T5-XXL, Flux's CLIP-L + T5-XXL and Wan's UMT5-XXL have fixed, full-size configs, so a test server cannot
@@ -54,5 +55,30 @@ class ErrorControlTestConditioning:
         return (families.seeded_conditioning(family, seed, length or None),)
 
 
-NODE_CLASS_MAPPINGS = {"ErrorControlTestConditioning": ErrorControlTestConditioning}
-NODE_DISPLAY_NAME_MAPPINGS = {"ErrorControlTestConditioning": "Test Conditioning (tiny families)"}
+class ErrorControlTestCFGFunction:
+    """Another pack's CFG function, as packs install them (``set_model_sampler_cfg_function``): plain CFG with the
+    guidance direction damped by ``damping``. The composition tests check that the pack's methods keep it acting."""
+
+    CATEGORY = "testing/error_control"
+    DESCRIPTION = "Tests only: a CFG function of another pack (guidance direction times damping)."
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"model": ("MODEL",), "damping": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0})}}
+
+    def patch(self, model, damping: float) -> tuple:
+        """A clone of ``model`` whose CFG is ``uncond + damping·cfg·(cond - uncond)`` in noise space."""
+        def cfg_function(args: dict):
+            return args["uncond"] + damping * args["cond_scale"] * (args["cond"] - args["uncond"])
+
+        patched = model.clone()
+        patched.set_model_sampler_cfg_function(cfg_function)
+        return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {"ErrorControlTestConditioning": ErrorControlTestConditioning,
+                       "ErrorControlTestCFGFunction": ErrorControlTestCFGFunction}
+NODE_DISPLAY_NAME_MAPPINGS = {"ErrorControlTestConditioning": "Test Conditioning (tiny families)",
+                              "ErrorControlTestCFGFunction": "Test CFG Function (another pack's)"}
