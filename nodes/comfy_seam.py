@@ -302,11 +302,14 @@ def with_profile(model_patcher, profile):
     return patched
 
 
-def attached_profile(model_sampling_or_patcher):
-    """The profile :func:`with_profile` attached (to a MODEL, or to the sampling object a scheduler receives), or None."""
-    model_sampling = getattr(model_sampling_or_patcher, "get_model_object", None)
-    model_sampling = model_sampling("model_sampling") if model_sampling else model_sampling_or_patcher
+def attached_profile(model_sampling):
+    """The profile :func:`with_profile` attached to the sampling object a scheduler receives, or None."""
     return getattr(model_sampling, PROFILE_ATTRIBUTE, None)
+
+
+def model_profile(model_patcher):
+    """The profile :func:`with_profile` attached to a MODEL, or None."""
+    return attached_profile(model_patcher.get_model_object("model_sampling"))
 
 
 def check_made_for(made_for: str, made_flow: bool, model_patcher, node: str, input_name: str, made: str, remake: str
@@ -356,7 +359,7 @@ def check_clean_latent(model_patcher, samples: Tensor, node: str, source: str) -
 
 def check_sampler_latent(model, x: Tensor, node: str) -> None:
     """:func:`check_latent_fits` for the latent a k-diffusion-style sampler function receives."""
-    check_latent_fits(model.inner_model.model_patcher, x, node, "latent_image")
+    check_latent_fits(sampler_model_patcher(model), x, node, "latent_image")
 
 
 def guidance_distilled(model_patcher) -> bool:

@@ -22,11 +22,11 @@ from . import types
 from .comfy_seam import (
     EXPERT,
     aliases,
-    attached_profile,
     cfg_guider,
     check_latent_fits,
     conditional_model,
     is_flow,
+    model_profile,
     percent_window,
     step_callback,
     step_model_sampling,
@@ -65,7 +65,7 @@ def guidance_inputs() -> list:
 
 def resolve_profile(model_patcher, profile: ErrorProfile | None, mode: str, node: str, needed: bool = False):
     """The profile to use (input, else the MODEL's), checked against the model; an error if the mode needs one and none."""
-    profile = profile or attached_profile(model_patcher)
+    profile = profile or model_profile(model_patcher)
     if profile is None and (needed or mode == "adaptive"):
         why = "the noise-level estimate" if needed else "mode 'adaptive'"
         raise ValueError(f"{node}: input 'profile': {why} needs the model's VRG error profile. Connect one from "

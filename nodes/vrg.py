@@ -224,8 +224,8 @@ PROFILES_READ: dict[str, tuple[tuple[int, int], ErrorProfile | None]] = {}
 """Profiles read from disk by path, with the (mtime, size) they were read at: a file is read again only when it changes."""
 
 
-def read_profile(path: Path) -> ErrorProfile | None:
-    """The profile in ``path`` (None for a damaged file), read once per change of the file."""
+def read_profile(path: Path) -> tuple[int, ErrorProfile | None]:
+    """The modification time (ns) of ``path`` and its profile (None for a damaged file), read once per change of the file."""
     stat = path.stat()
     key = (stat.st_mtime_ns, stat.st_size)
     if PROFILES_READ.get(str(path), (None,))[0] != key:
@@ -234,7 +234,7 @@ def read_profile(path: Path) -> ErrorProfile | None:
         except ValueError:
             profile = None  # a damaged file must not block sampling with the good ones
         PROFILES_READ[str(path)] = (key, profile)
-    return PROFILES_READ[str(path)][1]
+    return stat.st_mtime_ns, PROFILES_READ[str(path)][1]
 
 
 def newest_profile_for(model_sampling) -> tuple[str, ErrorProfile] | None:
@@ -246,9 +246,9 @@ def newest_profile_for(model_sampling) -> tuple[str, ErrorProfile] | None:
             path = types.resolve(types.PROFILE_FOLDER, name, "vrg scheduler", "profile")
         except ValueError:
             continue  # a link out of the folder
-        profile = read_profile(path)
+        modified, profile = read_profile(path)
         if profile is not None and wanted in profile.model:
-            candidates.append((path.stat().st_mtime, name, profile))
+            candidates.append((modified, name, profile))
     return max(candidates, key=lambda c: c[:2])[1:] if candidates else None
 
 

@@ -213,6 +213,16 @@ def ksampler_and_save(g: Graph, model: Out, positive: Node, negative: Node, late
     decode_and_save(g, vae, sampled[0], prefix, f"Sampled ({label})")
 
 
+def plain_and_guided(g: Graph, model: Out, positive: Node, negative: Node, latent: Node, vae: Out, folder: str,
+                     **sampling) -> None:
+    """The same KSampler plain and with the Noise Awareness Guidance patch (node defaults), side by side."""
+    patched = g.add("ErrorControlNoiseAwarenessGuidance", model=model, strength=0.5, mode="fixed", delta=0.15,
+                    start_percent=0.5, end_percent=1.0)
+    for label, source in (("plain", model), ("noise awareness guidance", patched[0])):
+        ksampler_and_save(g, source, positive, negative, latent, vae, label, f"{folder}/{label.replace(' ', '_')}",
+                          **sampling)
+
+
 def vrg_calibration(g: Graph, model: Out, clip: Out, vae: Out, profile_name: str) -> Node:
     """Encoded images (one example, repeated) → VRG Calibrate with an empty prompt at cfg 1."""
     image = g.add("LoadImage", image=EXAMPLE_IMAGE)
@@ -374,11 +384,8 @@ def noise_awareness_guidance(g: Graph) -> None:
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     positive, negative = prompts(g, ckpt[1], "a lighthouse on a cliff at sunset")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    patched = g.add("ErrorControlNoiseAwarenessGuidance", model=ckpt[0], strength=0.5, mode="fixed", delta=0.15,
-                    start_percent=0.5, end_percent=1.0)
-    for label, model in (("plain", ckpt[0]), ("noise awareness guidance", patched[0])):
-        ksampler_and_save(g, model, positive, negative, latent, ckpt[2], label, f"nag/{label.replace(' ', '_')}",
-                          steps=20, cfg=7.0, sampler_name="euler", scheduler="normal")
+    plain_and_guided(g, ckpt[0], positive, negative, latent, ckpt[2], "nag", steps=20, cfg=7.0, sampler_name="euler",
+                     scheduler="normal")
     calibrate = vrg_calibration(g, ckpt[0], ckpt[1], ckpt[2], "nag_meter_profile")
     meter = g.add("ErrorControlNoiseShiftMeter", model=ckpt[0], positive=positive[0], negative=negative[0],
                   latent_image=latent[0], seed=7, steps=20, cfg=7.0, sampler_name="euler", scheduler="normal",
@@ -395,11 +402,8 @@ def nag_sd35(g: Graph) -> None:
     negative = g.add("CLIPTextEncode", title="Negative prompt", text="blurry, low quality, deformed, watermark",
                      clip=clip[0])
     latent = g.add("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
-    patched = g.add("ErrorControlNoiseAwarenessGuidance", model=ckpt[0], strength=0.5, mode="fixed", delta=0.15,
-                    start_percent=0.5, end_percent=1.0)
-    for label, model in (("plain", ckpt[0]), ("noise awareness guidance", patched[0])):
-        ksampler_and_save(g, model, positive, negative, latent, ckpt[2], label, f"nag_sd35/{label.replace(' ', '_')}",
-                          steps=28, cfg=4.5, sampler_name="euler", scheduler="sgm_uniform")
+    plain_and_guided(g, ckpt[0], positive, negative, latent, ckpt[2], "nag_sd35", steps=28, cfg=4.5,
+                     sampler_name="euler", scheduler="sgm_uniform")
 
 
 def diffier_cfg_sweep(g: Graph) -> None:
