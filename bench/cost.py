@@ -50,6 +50,7 @@ WARMUP = 2
 THREADS = 1  # torch threads: on a shared 2-core machine two threads oversubscribe and single runs swing by 10x
 BOOTSTRAP = 2000
 NAG_SETTINGS = {"strength": 0.5, "mode": "fixed", "delta": 0.15, "start_percent": 0.5, "end_percent": 1.0}
+NAG_ESTIMATOR = {**NAG_SETTINGS, "strength": 0.1, "mode": "estimator"}  # the nodes' defaults
 DIFFIER_ITERATIONS = 1
 TIME_SLACK = 1.03  # the time target of a method with extra model calls: NFE ratio + 3%
 PACK_NODES = ("ErrorControlPolarisInversion", "ErrorControlPolarisDenoise", "ErrorControlPolarisTraceSigmas",
@@ -319,9 +320,23 @@ def nag_case(bench: Bench) -> Case:
     predicted = (2 * bench.steps + guided) / (2 * bench.steps)  # cond+uncond rows a step, one cond row a guided step
     details = {"steps": bench.steps, "guided_steps": guided, "nfe_ratio_predicted": predicted,
                "sigmas": [float(s) for s in sigmas], **NAG_SETTINGS}
-    return Case("Noise Awareness Guidance patch (default window)", "plain KSampler euler/normal", ksampler(bench, patched),
+    return Case("Noise Awareness Guidance patch (fixed mode)", "plain KSampler euler/normal", ksampler(bench, patched),
                 ksampler(bench, bench.model), lambda nfe: nfe * TIME_SLACK, "NFE as the window predicts, time ≤ NFE ratio + 3%",
                 predicted, details)
+
+
+def nag_estimator_case(bench: Bench) -> Case:
+    """The patch in its default mode, estimator, against the plain KSampler: no model call, one backward pass through
+    the estimator per guided step. The estimator is trained once on the clean latent (not timed)."""
+    began = time.perf_counter()
+    estimator = bench.graph("ErrorControlTrainNoiseEstimator", model=bench.model, latent=bench.clean, iterations=200,
+                            batch_size=8, seed=SEED, estimator_name="bench_cost_estimator")[0]
+    details = {"steps": bench.steps, "estimator_training_ms": 1000 * (time.perf_counter() - began),
+               "training": "200 iterations of 8 crops (not timed)"}
+    patched = bench.graph("ErrorControlNoiseAwarenessGuidance", model=bench.model, estimator=estimator, **NAG_ESTIMATOR)[0]
+    return Case("Noise Awareness Guidance patch (estimator mode, default)", "plain KSampler euler/normal",
+                ksampler(bench, patched), ksampler(bench, bench.model), lambda nfe: 1.05, "NFE 1.0, time ≤ 1.05", 1.0,
+                details)
 
 
 def vrg_case(bench: Bench) -> Case:
@@ -387,7 +402,8 @@ def measure_case(case: Case, counter: Counter, repeats: int) -> dict:
 
 def cases(bench: Bench) -> list[Case]:
     """Every comparison the pack supports on this ComfyUI (DiffIER only where it exists)."""
-    found = [inversion_case(bench), denoise_case(bench), nag_case(bench), vrg_case(bench), diffier_case(bench)]
+    found = [inversion_case(bench), denoise_case(bench), nag_case(bench), nag_estimator_case(bench), vrg_case(bench),
+             diffier_case(bench)]
     return [case for case in found if case is not None]
 
 
@@ -425,6 +441,9 @@ def markdown_table(rows: list[dict]) -> str:
             lines.append(f"\nVRG schedule optimisation (scheduler `vrg`, {details.get('steps', 'same')} steps): "
                          f"{details['vrg_optimize_ms']:.1f} ms median; calibration {details['vrg_calibrate_ms']:.0f} ms "
                          "(once per model, not timed). Times in ms are machine-specific.")
+        if "estimator_training_ms" in details:
+            lines.append(f"\nNoise Awareness Guidance's estimator: trained in {details['estimator_training_ms']:.0f} ms "
+                         f"({details['training']}).")
         if "guided_steps" in details:
             lines.append(f"\nNoise Awareness Guidance: {details['guided_steps']} of {details['steps']} steps in the window "
                          f"(start {details['start_percent']}, end {details['end_percent']}): predicted NFE ratio "

@@ -37,6 +37,7 @@ from torch import Tensor
 from samplers import core
 from samplers.inversion import ddim
 from samplers.nag import NoiseEstimator, estimate_sigma, in_window, nag_guided, noise_level_gradient
+from samplers.noise_estimator import train_noise_estimator
 from samplers.vrg import ErrorProfile, default_sigma_grid, measure_error_profile
 
 from .kit import Counted, markdown_table, schedule
@@ -168,6 +169,8 @@ class EstimatorSetting:
     scales: tuple[float, ...] = (1.0, 3.0)
     kappas: tuple[float, ...] = (0.0, -0.1, -0.2, -0.3)
     strengths: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0)
+    learned_strengths: tuple[float, ...] = (0.1, 1.0)
+    learned_iterations: int = 1500
     flow: bool = False
 
 
@@ -229,11 +232,23 @@ def miscalibrated_model(mixture: gmm.GaussianMixture, kappa: float, flow: bool) 
     return (gmm.miscalibrated(pair, kappa, flow), gmm.miscalibrated(cond, kappa, flow)) if kappa else (pair, cond)
 
 
+def learned_estimator(mixture: gmm.GaussianMixture, flow: bool, iterations: int, seed: int = 0) -> NoiseEstimator:
+    """The pack's learned estimator (``samplers.noise_estimator``, as the training node fits it) on 4096 unlabelled
+    mixture draws shaped as ``[4, h, h]`` latents (d = 4·h²), over the oracle's range (VE σ 0.002–80)."""
+    side = math.isqrt(mixture.dim // 4)
+    shape = (4, side, side)
+    x0 = mixture.sample(4096, torch.Generator().manual_seed(seed)).float().reshape(-1, *shape)
+    sigma_range = (0.002 / 1.002, 80.0 / 81.0) if flow else (0.002, 80.0)
+    estimator = train_noise_estimator(x0, sigma_range, flow, iterations, seed=seed)[0]
+    return lambda x, sigma: estimator(x.reshape(-1, *shape), sigma).to(x.dtype)
+
+
 def estimator_variants(pair: core.PairDenoiser, cond: core.Denoiser, profile: ErrorProfile, scale: float,
-                       estimator: NoiseEstimator, setting: EstimatorSetting) -> dict[str, core.Denoiser]:
+                       estimator: NoiseEstimator, setting: EstimatorSetting,
+                       learned: NoiseEstimator | None = None) -> dict[str, core.Denoiser]:
     """Plain CFG, the nodes' default (fixed mode, w 0.5, δ 0.15) and the fixed mode at w 0.1, the adaptive mode at δ 0.15
-    (the nodes' default δ) and at 0, classifier-based guidance at each fixed w, and the gap-closing rule; all in the
-    window of :func:`window`."""
+    (the nodes' default δ) and at 0, classifier-based guidance at each fixed w with the oracle and with the ``learned``
+    estimator, and the gap-closing rule; all in the window of :func:`window`."""
     flow, win = setting.flow, window(setting.flow)
     options = dict(flow=flow, window=win)
     variants = {"plain": core.guided(pair, scale),
@@ -244,12 +259,15 @@ def estimator_variants(pair: core.PairDenoiser, cond: core.Denoiser, profile: Er
                                                              profile=profile, **options)
     for w in setting.strengths:
         variants[f"estimator w {w:g}"] = nag_guided(pair, cond, scale, w, mode="estimator", estimator=estimator, **options)
+    for w in setting.learned_strengths if learned is not None else ():
+        variants[f"learned estimator w {w:g}"] = nag_guided(pair, cond, scale, w, mode="estimator", estimator=learned,
+                                                            **options)
     variants["estimator, gap-closing"] = gap_closing(pair, scale, estimator, win, flow)
     return variants
 
 
 def _estimator_case(mixture: gmm.GaussianMixture, model: tuple, scale: float, seed: int, posterior: gmm.NoisePosterior,
-                    setting: EstimatorSetting) -> dict[str, tuple[float, float]]:
+                    setting: EstimatorSetting, learned: NoiseEstimator) -> dict[str, tuple[float, float]]:
     """Per variant: (per-dim MSE to the fine exact solve from the same noise, σ̂/σ at :func:`probe_index`);
     ``"reference"``: the fine solve's own σ̂/σ there."""
     flow, sigmas, probe = setting.flow, schedule(setting.steps, setting.flow), probe_index(setting.steps, setting.flow)
@@ -264,7 +282,7 @@ def _estimator_case(mixture: gmm.GaussianMixture, model: tuple, scale: float, se
     reference = ddim(_traced(core.guided(mixture.pair_denoiser(CLASS, flow), scale), sigmas, states), start,
                      fine_schedule(sigmas, setting.substeps, flow), flow)
     out = {"reference": (0.0, shift_at(states))}
-    for name, denoiser in estimator_variants(*model, scale, posterior, setting).items():
+    for name, denoiser in estimator_variants(*model, scale, posterior, setting, learned).items():
         states = {}
         x = ddim(_traced(denoiser, sigmas, states), start, sigmas, flow)
         out[name] = ((x - reference).square().mean().item(), shift_at(states))
@@ -279,16 +297,18 @@ def run_estimator(setting: EstimatorSetting = ESTIMATOR) -> list[dict]:
     """The κ × cfg × mode table: per dim, cfg and model, each variant's error as a ratio to plain CFG on the same seed, and
     the state's σ̂/σ at the probe level (plain: the gap before guidance; the fine exact solve's own value: the target),
     mean ± std over seeds. σ̂ is the exact posterior's RMS level (``gmm.NoisePosterior.estimate``); the guidance uses the
-    same exact posterior, of the marginal (what an estimator trained on unlabelled latents learns)."""
+    same exact posterior, of the marginal (what an estimator trained on unlabelled latents learns), and the pack's
+    learned estimator (:func:`learned_estimator`)."""
     rows, probe = [], schedule(setting.steps, setting.flow)[probe_index(setting.steps, setting.flow)]
     for dim in setting.dims:
         mixture = gmm.make_mixture(dim=dim, n_classes=3, components_per_class=2, seed=0)
         posterior = gmm.NoisePosterior(mixture, flow=setting.flow)
+        learned = learned_estimator(mixture, setting.flow, setting.learned_iterations)
         for kappa in setting.kappas:
             pair, cond = miscalibrated_model(mixture, kappa, setting.flow)
             model = (pair, cond, profile_of(cond, mixture, setting.flow))
             for scale in setting.scales:
-                per_seed = [_estimator_case(mixture, model, scale, seed, posterior, setting) for seed in setting.seeds]
+                per_seed = [_estimator_case(mixture, model, scale, seed, posterior, setting, learned) for seed in setting.seeds]
                 err, gap = ({k: torch.tensor([case[k][i] for case in per_seed], dtype=F64) for k in per_seed[0]}
                             for i in (0, 1))
                 name_of_model = "exact" if kappa == 0 else f"reads σ as {1 + kappa:g}σ"

@@ -160,7 +160,7 @@ def plot_noise_shift(out: Path) -> Path:
     start = torch.randn(500, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sigmas[0]
     series = {}
     for label, denoiser in (("exact model", core.guided(exact, 1.0)), ("miscalibrated, plain", core.guided(pair, 1.0)),
-                            ("miscalibrated, guided", nag_guided(pair, cond, 1.0, 0.5, window=nag.window(False)))):
+                            ("miscalibrated, guided", nag_guided(pair, cond, 1.0, 0.5, mode="fixed", window=nag.window(False)))):
         ratios, x = [], start
         for i in range(10):
             level = sigmas[i].expand(len(x))

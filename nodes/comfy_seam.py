@@ -348,6 +348,25 @@ def check_latent_fits(model_patcher, samples: Tensor, node: str, input_name: str
                      "model's VAE (VAE Encode), or start from this family's empty latent node.")
 
 
+def latent_format_fingerprint(model_patcher) -> str:
+    """What a latent's numbers mean: ComfyUI's latent format class, channels, scale and shift (a VAE's latent space as
+    the model reads it)."""
+    latent_format = model_patcher.get_model_object("latent_format")
+    shift = getattr(latent_format, "shift_factor", 0.0) or 0.0
+    return (f"{type(latent_format).__name__} {latent_format.latent_channels}ch scale {latent_format.scale_factor:.6g} "
+            f"shift {shift:.6g}")
+
+
+def sampler_space(model_patcher, samples: Tensor) -> Tensor:
+    """Latents as the sampler sees them (the latent format's scale and shift applied): the space a model's states live in."""
+    return model_patcher.model.process_latent_in(samples)
+
+
+def model_device(model_patcher) -> torch.device:
+    """The device ComfyUI runs this model on (a GPU where there is one)."""
+    return torch.device(model_patcher.load_device)
+
+
 def check_clean_latent(model_patcher, samples: Tensor, node: str, source: str) -> None:
     """Clean latents to invert or calibrate on: not empty (``source`` says what to connect), finite, this model's."""
     if samples.numel() == 0:

@@ -1,33 +1,55 @@
-"""Noise Awareness Guidance (arXiv 2510.12497), training-free: a MODEL patch for any sampler, a GUIDER for
-SamplerCustomAdvanced, and a Noise Shift Meter. Math in ``samplers/nag.py``.
+"""Noise Awareness Guidance (arXiv 2510.12497): a MODEL patch for any sampler, a GUIDER for SamplerCustomAdvanced, a
+Noise Shift Meter, and the noise-level estimator of the classifier-based form (train, load). Math in ``samplers/nag.py``
+and ``samplers/noise_estimator.py``.
 
 The guidance runs as a post-CFG function, so it stacks with other model patches (FreeU, RescaleCFG, ...): its extra model
 call at σ_u is the step's conditional model with the step's model options, patches included
-(``comfy_seam.conditional_model``). The adaptive mode and the meter use the VRG error profile given as input, or the one
-the MODEL carries (VRG Calibrate / VRG Load Profile attach it).
+(``comfy_seam.conditional_model``). The default mode, ``estimator``, needs a noise estimator (no model call); the
+adaptive mode, and the meter without an estimator, use the VRG error profile given as input, or the one the MODEL
+carries (VRG Calibrate / VRG Load Profile attach it).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
+import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..plots.line import line_plot
+from ..plots.line import Plot, line_plot
 from ..samplers.nag import estimate_sigma, nag_denoise
+from ..samplers.noise_estimator import (
+    NoiseEstimator,
+    calibration,
+    load_estimator,
+    log_error,
+    save_estimator,
+    train_noise_estimator,
+)
 from ..samplers.vrg import ErrorProfile
 from . import types
 from .comfy_seam import (
     EXPERT,
+    PACK_VERSION,
     aliases,
     cfg_guider,
+    check_clean_latent,
     check_latent_fits,
     conditional_model,
     is_flow,
+    latent_format_fingerprint,
+    model_device,
+    model_fingerprint,
+    model_is_flow,
     model_profile,
     percent_window,
+    sampler_space,
+    sigma_range,
     step_callback,
     step_model_sampling,
     with_post_cfg,
@@ -35,52 +57,76 @@ from .comfy_seam import (
 from .vrg import check_profile
 
 CATEGORY = "sampling/error_control/noise_awareness_guidance"
-MODES = ["fixed", "adaptive"]
+MODES = ["estimator", "adaptive", "fixed"]
+ESTIMATOR_FIX = ("Train one on VAE-encoded images with 'Train Noise Estimator (Noise Awareness Guidance)', or load one "
+                 "with 'Load Noise Estimator (Noise Awareness Guidance)'")
+
+types.register_folder(types.ESTIMATOR_FOLDER)
 
 
 def guidance_inputs() -> list:
     """The inputs every Noise Awareness Guidance node shares, with their tested ranges."""
     return [
-        io.Float.Input("strength", default=0.5, min=0.0, max=5.0, step=0.05,
-                       tooltip="w, the guidance strength (tested 0.3–1.0). Keep w·(1 − e^(−2δ)) around 0.05–0.15; 0 is "
-                               "plain sampling."),
-        io.Combo.Input("mode", options=MODES, default="fixed",
-                       tooltip="fixed: the comparison level is σ·e^δ. adaptive: the noise level the latent actually shows "
-                               "(needs a VRG error profile), at least σ·e^δ; with δ = 0 it does nothing where there is no "
-                               "noise shift. Both can harm a model without noise shift (fixed at w 0.5: 1.6x the error of "
-                               "plain CFG on the 1024-d testbed): check your model with the Noise Shift Meter first."),
+        io.Float.Input("strength", default=0.1, min=0.0, max=5.0, step=0.01,
+                       tooltip="w, the guidance strength; 0 is plain sampling. estimator mode: 0.1 (tested 0.1–1; "
+                               "0.1 stays within 3% of plain sampling on a model without noise shift). fixed/adaptive: "
+                               "keep w·(1 − e^(−2δ)) around 0.05–0.15 (tested 0.3–1.0)."),
+        io.Combo.Input("mode", options=MODES, default="estimator",
+                       tooltip="estimator (default): guidance along the gradient of a learned noise-level estimator, "
+                               "the paper's classifier-based form; needs the 'estimator' input. fixed: compares with "
+                               "the model's own score at σ·e^δ. adaptive: at the noise level the latent actually shows "
+                               "(needs a VRG error profile). fixed and adaptive can harm a model without noise shift "
+                               "(fixed at w 0.5: 1.6x the error of plain CFG on the 1024-d testbed): check your model "
+                               "with the Noise Shift Meter first."),
         io.Float.Input("delta", default=0.15, min=0.0, max=1.0, step=0.01,
                        tooltip="δ: fixed mode's log step up in σ, adaptive mode's floor (tested 0.1–0.2 fixed, 0–0.1 "
-                               "adaptive).", **EXPERT),
+                               "adaptive); unused by the estimator mode.", **EXPERT),
         io.Float.Input("start_percent", default=0.5, min=0.0, max=1.0, step=0.01,
                        tooltip="Guide from this point of sampling on (0 = first step; tested 0.3–0.7). Early steps "
                                "overshoot and have little noise shift.", **EXPERT),
         io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                        tooltip="Guide up to this point of sampling (1 = last step; tested 1.0).", **EXPERT),
+        types.NoiseEstimator.Input("estimator", optional=True,
+                                   tooltip="A noise-level estimator for this model's latents (Train Noise Estimator / "
+                                           "Load Noise Estimator), for the estimator mode."),
         types.VRGProfile.Input("profile", optional=True,
                                tooltip="The model's VRG error profile (VRG Calibrate / VRG Load Profile) for the adaptive "
                                        "mode; without it, the profile the MODEL carries."),
     ]
 
 
-def resolve_profile(model_patcher, profile: ErrorProfile | None, mode: str, node: str, needed: bool = False):
-    """The profile to use (input, else the MODEL's), checked against the model; an error if the mode needs one and none."""
+def resolve_profile(model_patcher, profile: ErrorProfile | None, needed: bool, node: str, why: str):
+    """The profile to use (input, else the MODEL's), checked against the model; an error naming ``why`` if ``needed``
+    and there is none."""
     profile = profile or model_profile(model_patcher)
-    if profile is None and (needed or mode == "adaptive"):
-        why = "the noise-level estimate" if needed else "mode 'adaptive'"
+    if profile is None and needed:
         raise ValueError(f"{node}: input 'profile': {why} needs the model's VRG error profile. Connect one from "
-                         "'VRG Calibrate' or 'VRG Load Profile', or feed the MODEL through one of them"
-                         f"{'' if needed else ', or use mode fixed'}.")
+                         "'VRG Calibrate' or 'VRG Load Profile', or feed the MODEL through one of them.")
     if profile is not None:
         check_profile(profile, model_patcher, node)
     return profile
 
 
-def check_guidance(node: str, strength: float, mode: str, delta: float, start_percent: float, end_percent: float) -> None:
+def check_estimator(estimator: NoiseEstimator, model_patcher, node: str) -> None:
+    """An estimator reads one latent format in one parametrisation: another is refused, naming both."""
+    flow, latent_format = model_is_flow(model_patcher), latent_format_fingerprint(model_patcher)
+    if estimator.flow != flow:
+        raise ValueError(f"{node}: input 'estimator' was trained for {'a flow' if estimator.flow else 'an EPS/V'} model, "
+                         f"but this model is {'flow' if flow else 'EPS/V'}. {ESTIMATOR_FIX} for this model.")
+    if estimator.latent_format != latent_format:
+        raise ValueError(f"{node}: input 'estimator' was trained on {estimator.latent_format} latents, but this model's "
+                         f"are {latent_format}. {ESTIMATOR_FIX} for this model.")
+
+
+def check_guidance(node: str, strength: float, mode: str, delta: float, start_percent: float, end_percent: float,
+                   estimator: NoiseEstimator | None) -> None:
     if mode not in MODES:
         raise ValueError(f"{node}: input 'mode' must be one of {MODES}, got {mode!r}.")
     if not strength >= 0:
         raise ValueError(f"{node}: input 'strength' must be >= 0 (0 disables the guidance), got {strength}.")
+    if mode == "estimator" and estimator is None and strength > 0:
+        raise ValueError(f"{node}: input 'estimator': mode 'estimator' (the default) needs a noise-level estimator. "
+                         f"{ESTIMATOR_FIX}; or pick mode 'adaptive' or 'fixed'.")
     if mode == "fixed" and delta <= 0 and strength > 0:
         raise ValueError(f"{node}: input 'delta' must be > 0 in mode 'fixed' (σ_u = σ·e^δ equals σ at 0, a no-op "
                          "that still costs a model call); use 0.1–0.2.")
@@ -90,23 +136,26 @@ def check_guidance(node: str, strength: float, mode: str, delta: float, start_pe
 
 
 def guidance_function(strength: float, mode: str, delta: float, start_percent: float, end_percent: float,
-                      profile: ErrorProfile | None):
+                      profile: ErrorProfile | None, estimator: NoiseEstimator | None):
     """A ComfyUI post-CFG function applying :func:`samplers.nag.nag_denoise` to the step's guided prediction."""
 
     def post_cfg(args: dict) -> torch.Tensor:
         model_sampling = step_model_sampling(args)
         window = percent_window(model_sampling, start_percent, end_percent)
         return nag_denoise(conditional_model(args), args["input"], args["sigma"], args["denoised"], args["cond_denoised"],
-                           strength, mode, delta, profile, is_flow(model_sampling), window)
+                           strength, mode, delta, profile, is_flow(model_sampling), window, estimator)
 
     return post_cfg
 
 
 def patched(model, node: str, strength: float, mode: str, delta: float, start_percent: float, end_percent: float,
-            profile: ErrorProfile | None):
-    check_guidance(node, strength, mode, delta, start_percent, end_percent)
-    profile = resolve_profile(model, profile, mode, node)
-    return with_post_cfg(model, guidance_function(strength, mode, delta, start_percent, end_percent, profile))
+            estimator: NoiseEstimator | None = None, profile: ErrorProfile | None = None):
+    """The MODEL with the guidance as a post-CFG function, after every input is checked."""
+    check_guidance(node, strength, mode, delta, start_percent, end_percent, estimator)
+    if estimator is not None:
+        check_estimator(estimator, model, node)
+    profile = resolve_profile(model, profile, mode == "adaptive", node, "mode 'adaptive'")
+    return with_post_cfg(model, guidance_function(strength, mode, delta, start_percent, end_percent, profile, estimator))
 
 
 class NoiseAwarenessGuidance(io.ComfyNode):
@@ -126,9 +175,8 @@ class NoiseAwarenessGuidance(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, strength, mode, delta, start_percent, end_percent, profile=None) -> io.NodeOutput:
-        node = "Noise Awareness Guidance (model patch)"
-        return io.NodeOutput(patched(model, node, strength, mode, delta, start_percent, end_percent, profile))
+    def execute(cls, model, **guidance) -> io.NodeOutput:
+        return io.NodeOutput(patched(model, "Noise Awareness Guidance (model patch)", **guidance))
 
 
 class NoiseAwarenessGuider(io.ComfyNode):
@@ -148,23 +196,32 @@ class NoiseAwarenessGuider(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, cfg, strength, mode, delta, start_percent, end_percent,
-                profile=None) -> io.NodeOutput:
-        node = "Noise Awareness Guidance (guider)"
-        guided = patched(model, node, strength, mode, delta, start_percent, end_percent, profile)
+    def execute(cls, model, positive, negative, cfg, **guidance) -> io.NodeOutput:
+        guided = patched(model, "Noise Awareness Guidance (guider)", **guidance)
         return io.NodeOutput(cfg_guider(guided, positive, negative, cfg))
 
 
-def recorded_run(model, profile: ErrorProfile, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
+LevelReader = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(x, conditional prediction, σ) -> [B]``: the noise level a latent shows."""
+
+
+def level_reader(estimator: NoiseEstimator | None, profile: ErrorProfile | None) -> LevelReader:
+    """The estimator's reading (against data), else the residual against the model's own error profile."""
+    if estimator is not None:
+        return lambda x, denoised, sigma: estimator.estimate(x)
+    return lambda x, denoised, sigma: estimate_sigma(x, denoised, sigma, profile)
+
+
+def recorded_run(model, read_level: LevelReader, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
                  scheduler: str, positive, negative, progress: comfy.utils.ProgressBar, node: str) -> tuple[list, list]:
     """One KSampler pass that records, at every model call, the scheduled level and the RMS over the batch of the level
-    the latent shows (:func:`samplers.nag.estimate_sigma` on the conditional prediction)."""
+    the latent shows (``read_level``)."""
     scheduled, estimated = [], []
 
     def record(args: dict) -> torch.Tensor:
         sigma = args["sigma"]
         scheduled.append(sigma[0])
-        estimated.append(estimate_sigma(args["input"], args["cond_denoised"], sigma, profile).square().mean().sqrt())
+        estimated.append(read_level(args["input"], args["cond_denoised"], sigma).float().square().mean().sqrt())
         return args["denoised"]
 
     recorder = with_post_cfg(model, record)
@@ -188,9 +245,11 @@ class NoiseShiftMeter(io.ComfyNode):
             display_name="Noise Shift Meter (Noise Awareness Guidance)",
             category=CATEGORY,
             description="Runs the same KSampler pass twice, plain and with Noise Awareness Guidance, and plots the "
-                        "scheduled noise level against the level the latent actually shows at every step (estimated "
-                        "from the model's residual against its VRG error profile): the noise-shift analysis of the "
-                        "paper, for your model. Estimates are reliable where σ is at least the latent's own scale.",
+                        "scheduled noise level against the level the latent actually shows at every step: the "
+                        "noise-shift analysis of the paper, for your model. The level is read by the noise estimator "
+                        "when one is connected (measured against data), else from the model's residual against its "
+                        "VRG error profile (measured against the model itself, blind to its own miscalibration). "
+                        "Readings are reliable where σ is at least the latent's own scale.",
             is_output_node=True,
             inputs=[io.Model.Input("model"), io.Conditioning.Input("positive"), io.Conditioning.Input("negative"),
                     io.Latent.Input("latent_image"),
@@ -208,22 +267,110 @@ class NoiseShiftMeter(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, strength, mode,
-                delta, start_percent, end_percent, profile=None) -> io.NodeOutput:
+    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
+                **guidance) -> io.NodeOutput:
         node = "Noise Shift Meter"
-        profile = resolve_profile(model, profile, mode, node, needed=True)
-        guided = patched(model, node, strength, mode, delta, start_percent, end_percent, profile)
+        estimator = guidance.get("estimator")
+        guided = patched(model, node, **guidance)
+        profile = None if estimator is not None else resolve_profile(
+            model, guidance.get("profile"), True, node, "the noise-level reading (without an 'estimator')")
         progress = comfy.utils.ProgressBar(2 * steps)
-        run = dict(profile=profile, latent=latent_image, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
-                   scheduler=scheduler, positive=positive, negative=negative, progress=progress, node=node)
+        run = dict(read_level=level_reader(estimator, profile), latent=latent_image, seed=seed, steps=steps, cfg=cfg,
+                   sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
+                   progress=progress, node=node)
         scheduled, plain = recorded_run(model, **run)
         _, with_guidance = recorded_run(guided, **run)
         series = {"scheduled sigma": (range(len(scheduled)), scheduled),
                   "estimated, plain": (range(len(plain)), plain),
                   "estimated, guided": (range(len(with_guidance)), with_guidance)}
-        title = f"Noise shift: {sampler_name}/{scheduler}, {steps} steps, cfg {cfg:g}, guidance w={strength:g} ({mode})"
+        title = (f"Noise shift ({'noise estimator' if estimator is not None else 'VRG profile'}): {sampler_name}/"
+                 f"{scheduler}, {steps} steps, cfg {cfg:g}, w={guidance['strength']:g} ({guidance['mode']})")
         plot = line_plot(series, title, "model call", "sigma")
         return io.NodeOutput(plot.image, ui=plot.ui)
 
 
-NODES = [NoiseAwarenessGuidance, NoiseAwarenessGuider, NoiseShiftMeter]
+def calibration_plot(estimator: NoiseEstimator, x0: torch.Tensor) -> tuple[float, Plot]:
+    """The estimator's reading against the true level on the training latents with fresh noise, and its RMS log error."""
+    sigmas = torch.logspace(*(math.log10(level) for level in estimator.sigma_range), 12)
+    readings = calibration(estimator, x0, sigmas)
+    error = log_error(estimator, readings, sigmas)
+    levels = torch.log10(sigmas).tolist()
+    plot = line_plot({"true": (levels, levels), "estimated": (levels, torch.log10(readings.mean(1)).tolist())},
+                     f"Noise estimator: RMS log error {error:.3f} (fresh noise)", "log10 sigma", "log10 estimated sigma")
+    return error, plot
+
+
+class TrainNoiseEstimator(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ErrorControlTrainNoiseEstimator",
+            **aliases("NAG train noise estimator", "noise shift", "noise level", "noise awareness"),
+            display_name="Train Noise Estimator (Noise Awareness Guidance)",
+            category=CATEGORY,
+            description="Noise Awareness Guidance, classifier-based form: trains a tiny noise-level estimator p(σ|x) "
+                        "on your clean latents, noised to every level of the model's schedule, and saves it to "
+                        "models/nag_noise_estimators. Once per model family and VAE; a minute or two on a CPU at "
+                        "64×64 latents, seconds on a GPU.",
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip="The model to guide: gives the latent format, noise levels and device."),
+                io.Latent.Input("latent", tooltip="Clean latents (VAE-encoded images of the kind you generate; 4–16 "
+                                                  "is plenty, more varied is better)."),
+                io.Int.Input("iterations", default=1500, min=50, max=100000,
+                             tooltip="Training steps (tested 1000–3000)."),
+                io.Int.Input("batch_size", default=32, min=1, max=512,
+                             tooltip="Noisy crops per step (tested 32).", **EXPERT),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the network's start, the crops and the noise."),
+                io.String.Input("estimator_name", default="noise_estimator",
+                                tooltip="File name in models/nag_noise_estimators (letters, digits, '_', '-', '.')."),
+            ],
+            outputs=[types.NoiseEstimator.Output(display_name="estimator"), io.Image.Output(display_name="plot")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, iterations, batch_size, seed, estimator_name) -> io.NodeOutput:
+        node = "Train Noise Estimator"
+        target = types.new_file(types.ESTIMATOR_FOLDER, estimator_name, node, "estimator_name")
+        check_clean_latent(model, latent["samples"], node, "VAE-encoded images (a batch of 4–16)")
+        x0 = sampler_space(model, latent["samples"])
+        progress = comfy.utils.ProgressBar(iterations)
+
+        def on_iteration(done: int, loss: float) -> None:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            progress.update_absolute(done, iterations)
+
+        estimator, _ = train_noise_estimator(x0, sigma_range(model), model_is_flow(model), iterations, batch_size, seed,
+                                             latent_format_fingerprint(model), model_device(model), on_iteration)
+        error, plot = calibration_plot(estimator, x0)
+        estimator.record.update(log_error=error, model=model_fingerprint(model), pack_version=PACK_VERSION)
+        save_estimator(estimator, target)
+        return io.NodeOutput(estimator, plot.image, ui=plot.ui)
+
+
+class LoadNoiseEstimator(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ErrorControlLoadNoiseEstimator",
+            **aliases("NAG load noise estimator", "noise shift", "noise level"),
+            display_name="Load Noise Estimator (Noise Awareness Guidance)",
+            category=CATEGORY,
+            description="Loads a noise-level estimator saved by 'Train Noise Estimator' for Noise Awareness Guidance's "
+                        "estimator mode, checked against the MODEL's latent format.",
+            inputs=[io.Model.Input("model"),
+                    io.Combo.Input("estimator_name", options=types.list_files(types.ESTIMATOR_FOLDER),
+                                   tooltip="A file in models/nag_noise_estimators.")],
+            outputs=[types.NoiseEstimator.Output(display_name="estimator")],
+        )
+
+    @classmethod
+    def execute(cls, model, estimator_name) -> io.NodeOutput:
+        node = "Load Noise Estimator"
+        estimator = types.load(types.ESTIMATOR_FOLDER, estimator_name, node, "estimator_name", load_estimator)
+        check_estimator(estimator, model, node)
+        return io.NodeOutput(estimator)
+
+
+NODES = [NoiseAwarenessGuidance, NoiseAwarenessGuider, NoiseShiftMeter, TrainNoiseEstimator, LoadNoiseEstimator]

@@ -18,9 +18,11 @@ from comfy_api.latest import io
 
 VRGProfile = io.Custom("VRG_PROFILE")
 PolarisTrace = io.Custom("POLARIS_TRACE")
+NoiseEstimator = io.Custom("NAG_NOISE_ESTIMATOR")
 T = TypeVar("T")
 PROFILE_FOLDER = "vrg_profiles"
 TRACE_FOLDER = "polaris_traces"
+ESTIMATOR_FOLDER = "nag_noise_estimators"
 EXTENSION = ".safetensors"
 
 

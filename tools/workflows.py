@@ -214,23 +214,38 @@ def ksampler_and_save(g: Graph, model: Out, positive: Node, negative: Node, late
 
 
 def plain_and_guided(g: Graph, model: Out, positive: Node, negative: Node, latent: Node, vae: Out, folder: str,
-                     **sampling) -> None:
-    """The same KSampler plain and with the Noise Awareness Guidance patch (node defaults), side by side."""
-    patched = g.add("ErrorControlNoiseAwarenessGuidance", model=model, strength=0.5, mode="fixed", delta=0.15,
-                    start_percent=0.5, end_percent=1.0)
+                     estimator: Out, **sampling) -> None:
+    """The same KSampler plain and with the Noise Awareness Guidance patch (node defaults: estimator mode, w 0.1),
+    side by side."""
+    patched = g.add("ErrorControlNoiseAwarenessGuidance", model=model, strength=0.1, mode="estimator", delta=0.15,
+                    start_percent=0.5, end_percent=1.0, estimator=estimator)
     for label, source in (("plain", model), ("noise awareness guidance", patched[0])):
         ksampler_and_save(g, source, positive, negative, latent, vae, label, f"{folder}/{label.replace(' ', '_')}",
                           **sampling)
 
 
-def vrg_calibration(g: Graph, model: Out, clip: Out, vae: Out, profile_name: str) -> Node:
-    """Encoded images (one example, repeated) → VRG Calibrate with an empty prompt at cfg 1."""
+def clean_latents(g: Graph, vae: Out) -> Node:
+    """One example image, encoded and repeated: where a user connects 4–16 of their own."""
     image = g.add("LoadImage", image=EXAMPLE_IMAGE)
-    clean = g.add("RepeatLatentBatch", title="Clean latents (use 4–16 of your own images)",
-                  samples=g.add("VAEEncode", pixels=image[0], vae=vae)[0], amount=4)
+    return g.add("RepeatLatentBatch", title="Clean latents (use 4–16 of your own images)",
+                 samples=g.add("VAEEncode", pixels=image[0], vae=vae)[0], amount=4)
+
+
+def vrg_calibration(g: Graph, model: Out, clip: Out, vae: Out, profile_name: str) -> Node:
+    """Encoded images → VRG Calibrate with an empty prompt at cfg 1."""
+    clean = clean_latents(g, vae)
     empty_prompt = g.add("CLIPTextEncode", title="Empty prompt (calibration)", text="", clip=clip)
     return g.add("ErrorControlVRGCalibrate", model=model, latent=clean[0], positive=empty_prompt[0], grid_points=32,
                  profile_name=profile_name)
+
+
+def noise_estimator(g: Graph, model: Out, vae: Out, name: str, folder: str) -> Node:
+    """Encoded images → Train Noise Estimator (the default mode's estimator), its check plot saved."""
+    trained = g.add("ErrorControlTrainNoiseEstimator", model=model, latent=clean_latents(g, vae)[0], iterations=1500,
+                    batch_size=32, seed=0, estimator_name=name)
+    g.add("SaveImage", title="Noise estimator: estimated vs true sigma", images=trained[1],
+          filename_prefix=f"{folder}/noise_estimator")
+    return trained
 
 
 def vrg_calibrate_and_sample(g: Graph) -> None:
@@ -379,17 +394,18 @@ def wan_video_inversion(g: Graph) -> None:
 
 
 def noise_awareness_guidance(g: Graph) -> None:
-    """KSampler with and without the Noise Awareness Guidance patch, and the Noise Shift Meter (plain vs guided) beside
-    them on a VRG profile calibrated from encoded images."""
+    """Train a noise estimator on encoded images; KSampler with and without the Noise Awareness Guidance patch (its
+    default, estimator mode), and the Noise Shift Meter (plain vs guided, levels read by the estimator) beside them."""
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     positive, negative = prompts(g, ckpt[1], "a lighthouse on a cliff at sunset")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    plain_and_guided(g, ckpt[0], positive, negative, latent, ckpt[2], "nag", steps=20, cfg=7.0, sampler_name="euler",
-                     scheduler="normal")
-    calibrate = vrg_calibration(g, ckpt[0], ckpt[1], ckpt[2], "nag_meter_profile")
+    estimator = noise_estimator(g, ckpt[0], ckpt[2], "nag_estimator", "nag")
+    plain_and_guided(g, ckpt[0], positive, negative, latent, ckpt[2], "nag", estimator[0], steps=20, cfg=7.0,
+                     sampler_name="euler", scheduler="normal")
     meter = g.add("ErrorControlNoiseShiftMeter", model=ckpt[0], positive=positive[0], negative=negative[0],
                   latent_image=latent[0], seed=7, steps=20, cfg=7.0, sampler_name="euler", scheduler="normal",
-                  strength=0.5, mode="fixed", delta=0.15, start_percent=0.5, end_percent=1.0, profile=calibrate[1])
+                  strength=0.1, mode="estimator", delta=0.15, start_percent=0.5, end_percent=1.0,
+                  estimator=estimator[0])
     g.add("SaveImage", title="Noise shift: scheduled vs estimated sigma", images=meter[0], filename_prefix="nag/noise_shift")
 
 
@@ -402,7 +418,8 @@ def nag_sd35(g: Graph) -> None:
     negative = g.add("CLIPTextEncode", title="Negative prompt", text="blurry, low quality, deformed, watermark",
                      clip=clip[0])
     latent = g.add("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
-    plain_and_guided(g, ckpt[0], positive, negative, latent, ckpt[2], "nag_sd35", steps=28, cfg=4.5,
+    estimator = noise_estimator(g, ckpt[0], ckpt[2], "nag_sd35_estimator", "nag_sd35")
+    plain_and_guided(g, ckpt[0], positive, negative, latent, ckpt[2], "nag_sd35", estimator[0], steps=28, cfg=4.5,
                      sampler_name="euler", scheduler="sgm_uniform")
 
 

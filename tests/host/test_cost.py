@@ -50,7 +50,8 @@ def sd15_sigma(timestep: float) -> float:
 
 
 def test_rows_have_the_table_structure(rows):
-    for prefix in ("POLARIS Inversion", "POLARIS Denoise", "Noise Awareness Guidance", "VRG"):
+    for prefix in ("POLARIS Inversion", "POLARIS Denoise", "Noise Awareness Guidance patch (fixed",
+                   "Noise Awareness Guidance patch (estimator", "VRG"):
         row_of(rows, prefix)
     for row in rows:
         assert KEYS <= set(row), row
@@ -64,15 +65,15 @@ def test_rows_have_the_table_structure(rows):
     assert len([line for line in table if line.startswith("| ")]) == len(rows) + 1
 
 
-def test_polaris_and_vrg_cost_no_extra_model_call(rows):
-    for prefix in ("POLARIS Inversion", "POLARIS Denoise", "VRG"):
+def test_polaris_vrg_and_estimator_guidance_cost_no_extra_model_call(rows):
+    for prefix in ("POLARIS Inversion", "POLARIS Denoise", "VRG", "Noise Awareness Guidance patch (estimator"):
         row = row_of(rows, prefix)
         assert row["nfe_ratio"] == 1.0, row
         assert row["calls_method"] == row["calls_baseline"], row
 
 
 def test_noise_awareness_guidance_adds_one_conditional_call_per_step_in_its_window(rows):
-    row = row_of(rows, "Noise Awareness Guidance")
+    row = row_of(rows, "Noise Awareness Guidance patch (fixed")
     details = row["details"]
     steps, sigmas = details["steps"], details["sigmas"]
     assert len(sigmas) == steps + 1 and sigmas[-1] == 0

@@ -142,7 +142,8 @@ def test_inversion_round_trips_converge_with_steps_in_latent_space(comfy, family
 
 
 def test_every_other_node_runs_on_the_family(comfy, family):
-    """Noise Awareness Guidance (patch, guider, meter), DiffIER (dropdown, SAMPLER node, Gap Meter), VRG (calibrate,
+    """Noise Awareness Guidance (patch, meter, and the guider in estimator mode on an estimator trained on the family's
+    latent), DiffIER (dropdown, SAMPLER node, Gap Meter), VRG (calibrate,
     the vrg dropdown, VRG Scheduler, VRG Optimize Sigmas), POLARIS Load Trace + Replay: one prompt, 4 steps each."""
     comfy.run(round_trip_graph(family, 4, f"family_{family}_trace"))
     graph = base_graph(family)
@@ -171,8 +172,12 @@ def test_every_other_node_runs_on_the_family(comfy, family):
         "gap": {"class_type": "ErrorControlDiffIERGapMeter", "inputs": {
             "model": model(family), **conds(family), "latent_image": ["empty", 0], **sampling, "scheduler": "simple",
             "iterations": 1, "damping": 1.0}},
+        "estimator": {"class_type": "ErrorControlTrainNoiseEstimator", "inputs": {
+            "model": model(family), "latent": ["latent", 0], "iterations": 30, "batch_size": 4, "seed": 0,
+            "estimator_name": f"family_{family}_estimator"}},
         "nag_guider": {"class_type": "ErrorControlNoiseAwarenessGuider", "inputs": {
-            "model": model(family), **conds(family), "cfg": cfg, **nag}},
+            "model": model(family), **conds(family), "cfg": cfg, **nag, "mode": "estimator", "strength": 0.1,
+            "estimator": ["estimator", 0]}},
         "vrg_sigmas": {"class_type": "ErrorControlVRGScheduler", "inputs": {
             "model": model(family), "profile": ["calibrate", 1], "scheduler": "simple", "steps": 4, "denoise": 1.0,
             "lp": 0.01, "fix_sigma_max": True}},
@@ -210,6 +215,7 @@ def test_every_other_node_runs_on_the_family(comfy, family):
         assert tuple(latents[f"{prefix}_{name}"].shape) == shape, name
         assert torch.isfinite(latents[f"{prefix}_{name}"]).all(), name
     assert (comfy.base_dir / "models" / "vrg_profiles" / f"family_{family}.safetensors").is_file()
+    assert (comfy.base_dir / "models" / "nag_noise_estimators" / f"family_{family}_estimator.safetensors").is_file()
 
 
 def test_batch_of_two_images_at_a_non_square_size_gets_one_omega_per_image(comfy, family):

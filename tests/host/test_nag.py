@@ -5,13 +5,15 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tools.comfy_host import CHECKPOINT_NAME, TINY_OVERRIDES, PromptFailed, txt2img, ui_to_api, with_input
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "noise_awareness_guidance.json"
 
 GUIDANCE = {"strength": 0.5, "mode": "fixed", "delta": 0.15, "start_percent": 0.3, "end_percent": 1.0}
-NAG_NODES = {"ErrorControlNoiseAwarenessGuidance", "ErrorControlNoiseAwarenessGuider", "ErrorControlNoiseShiftMeter"}
+NAG_NODES = {"ErrorControlNoiseAwarenessGuidance", "ErrorControlNoiseAwarenessGuider", "ErrorControlNoiseShiftMeter",
+             "ErrorControlTrainNoiseEstimator", "ErrorControlLoadNoiseEstimator"}
 
 
 def patched_txt2img(prefix: str, **guidance) -> dict:
@@ -30,7 +32,7 @@ def test_nodes_are_registered_with_full_names_and_tooltips(comfy):
         assert "Noise Awareness Guidance" in info[node]["display_name"] + info[node]["description"]
         assert info[node]["display_name"] != "NAG"
         for name, spec in {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}.items():
-            if name in GUIDANCE or name in ("cfg", "steps", "profile"):
+            if name in GUIDANCE or name in ("cfg", "steps", "profile", "estimator", "iterations", "estimator_name"):
                 assert spec[1].get("tooltip"), (node, name)
 
 
@@ -114,5 +116,99 @@ def test_an_empty_window_is_refused_with_the_fix(comfy):
 def test_example_workflow_runs_on_the_tiny_checkpoint(comfy):
     info = comfy.object_info()
     graph = ui_to_api(json.loads(WORKFLOW.read_text()), info, TINY_OVERRIDES)
-    assert NAG_NODES - {"ErrorControlNoiseAwarenessGuider"} <= {node["class_type"] for node in graph.values()}
-    assert len(comfy.output_images(comfy.run(graph))) == 3  # plain, guided, noise-shift plot
+    used = {node["class_type"] for node in graph.values()}
+    assert NAG_NODES - {"ErrorControlNoiseAwarenessGuider", "ErrorControlLoadNoiseEstimator"} <= used
+    assert len(comfy.output_images(comfy.run(graph))) == 4  # estimator check, plain, guided, noise-shift plot
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The classifier-based form: Train Noise Estimator → its file → guidance in a KSampler and the meter
+
+ESTIMATOR = "nag_test_estimator"
+
+
+def estimator_graph(prefix: str, source: dict, model: list | None = None, **guidance) -> dict:
+    """A 6-step KSampler on the patch in estimator mode with the estimator from ``source`` (a node reading ``ckpt``'s
+    model), and a plain one from the same seed."""
+    graph = patched_txt2img(prefix, mode="estimator", strength=1.0, estimator=["estimator", 0], **guidance)
+    graph["estimator"] = source
+    graph["plain"] = {**graph["sample"], "inputs": {**graph["sample"]["inputs"], "model": ["ckpt", 0]}}
+    graph["plain_decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["plain", 0], "vae": ["ckpt", 2]}}
+    graph["plain_save"] = {"class_type": "SaveImage", "inputs": {"images": ["plain_decode", 0],
+                                                                  "filename_prefix": f"{prefix}_plain"}}
+    if model is not None:
+        graph["nag"]["inputs"]["model"] = model
+    return graph
+
+
+def training(iterations: int = 120, name: str = ESTIMATOR) -> dict:
+    return {"class_type": "ErrorControlTrainNoiseEstimator", "inputs": {
+        "model": ["ckpt", 0], "latent": ["batch", 0], "iterations": iterations, "batch_size": 8, "seed": 0,
+        "estimator_name": name}}
+
+
+def pixels(path: Path) -> bytes:
+    """An image's pixels (a PNG's bytes also hold the prompt that made it)."""
+    with Image.open(path) as image:
+        return image.tobytes()
+
+
+def with_clean_latents(graph: dict) -> dict:
+    graph["image"] = {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}}
+    graph["latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}}
+    graph["batch"] = {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["latent", 0], "amount": 4}}
+    return graph
+
+
+def test_a_trained_estimator_is_saved_loaded_and_guides_a_ksampler(comfy):
+    folder = comfy.base_dir / "models" / "nag_noise_estimators"
+    trained = comfy.output_images(comfy.run(with_clean_latents(estimator_graph("nag_est_trained", training()))))
+    assert (folder / f"{ESTIMATOR}.safetensors").stat().st_size > 10_000
+    loaded = estimator_graph("nag_est_loaded", {"class_type": "ErrorControlLoadNoiseEstimator", "inputs": {
+        "model": ["ckpt", 0], "estimator_name": f"{ESTIMATOR}.safetensors"}})
+    images = comfy.output_images(comfy.run(loaded))
+    guided = pixels(next(p for p in images if "nag_est_loaded_" in p.name and "plain" not in p.name))
+    plain = pixels(next(p for p in images if "nag_est_loaded_plain" in p.name))
+    assert guided != plain  # the guidance acts
+    first = pixels(next(p for p in trained if "nag_est_trained_" in p.name and "plain" not in p.name))
+    assert first == guided  # the file holds exactly the trained estimator
+
+
+def test_the_meter_reads_levels_with_the_estimator_and_needs_no_profile(comfy):
+    graph = with_clean_latents(meter_graph("nag_meter_estimator", mode="estimator", strength=1.0,
+                                           estimator=["estimator", 0]))
+    del graph["meter"]["inputs"]["profile"], graph["calibrate"]
+    graph["estimator"] = training(60, "nag_meter_estimator")
+    assert comfy.output_images(comfy.run(graph))
+
+
+def test_the_default_mode_without_an_estimator_says_what_to_connect(comfy):
+    graph = txt2img(steps=2, prefix="nag_default")
+    graph["nag"] = {"class_type": "ErrorControlNoiseAwarenessGuidance", "inputs": {
+        "model": ["ckpt", 0], "strength": 0.1, "mode": "estimator", "delta": 0.15, "start_percent": 0.5,
+        "end_percent": 1.0}}
+    graph["sample"]["inputs"]["model"] = ["nag", 0]
+    with pytest.raises(PromptFailed, match=r"Noise Awareness Guidance \(model patch\): input 'estimator': mode "
+                                           r"'estimator' \(the default\) needs a noise-level estimator. Train one"):
+        comfy.run(graph)
+    assert comfy.run(txt2img(prefix="nag_after_no_estimator"))
+
+
+def test_an_estimator_for_another_parametrisation_is_refused(comfy):
+    flow = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
+    graph = with_clean_latents(estimator_graph("nag_est_flow", training(50, "nag_eps_estimator"), model=["flow", 0]))
+    graph["flow"] = flow
+    with pytest.raises(PromptFailed, match=r"input 'estimator' was trained for an EPS/V model, but this model is flow"):
+        comfy.run(graph)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../escape", r"Train Noise Estimator: input 'estimator_name' must be a plain file name"),
+    ("", r"Train Noise Estimator: input 'estimator_name' must be a plain file name"),
+])
+def test_bad_estimator_names_write_nothing(comfy, name, message):
+    folder = comfy.base_dir / "models" / "nag_noise_estimators"
+    before = sorted(folder.iterdir()) if folder.exists() else []
+    with pytest.raises(PromptFailed, match=message):
+        comfy.run(with_clean_latents(estimator_graph("nag_bad_name", training(50, name))))
+    assert (sorted(folder.iterdir()) if folder.exists() else []) == before

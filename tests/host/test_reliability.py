@@ -289,10 +289,16 @@ def run_and_interrupt(comfy, api_graph: dict, after: float = 1.0) -> float:
     return time.monotonic() - began
 
 
-@pytest.mark.parametrize("what", ["POLARIS inversion", "VRG calibration"])
+@pytest.mark.parametrize("what", ["POLARIS inversion", "VRG calibration", "noise estimator training"])
 def test_an_interrupt_stops_within_moments_and_leaves_no_file(comfy, artefacts, what):
     traces, profiles = artefacts
-    if what == "POLARIS inversion":
+    if what == "noise estimator training":
+        api = graph(t={"class_type": "ErrorControlTrainNoiseEstimator", "inputs": {
+            "model": ["model", 0], "latent": ["latent", 0], "iterations": 100000, "batch_size": 8, "seed": 0,
+            "estimator_name": "interrupted"}}, out=preview_image("t", 1))
+        folder = comfy.base_dir / "models" / "nag_noise_estimators"
+        folder.mkdir(parents=True, exist_ok=True)
+    elif what == "POLARIS inversion":
         api = graph(invert=inversion(steps=1000), s={"class_type": "ErrorControlPolarisSaveTrace", "inputs": {
             "trace": ["invert", 1], "trace_name": "interrupted"}})
         folder = traces
@@ -304,7 +310,7 @@ def test_an_interrupt_stops_within_moments_and_leaves_no_file(comfy, artefacts, 
     before = {p.name for p in folder.iterdir()}
     seconds = run_and_interrupt(comfy, api)
     assert seconds < 10, seconds  # one model call of the tiny model takes well under a second
-    assert {p.name for p in folder.iterdir()} == before  # no trace/profile, no temp file
+    assert {p.name for p in folder.iterdir()} == before  # no trace/profile/estimator, no temp file
     assert comfy.output_images(comfy.run(txt2img(steps=1, prefix="after_interrupt")))
 
 

@@ -157,11 +157,11 @@ def test_outside_the_window_and_at_zero_strength_the_model_is_not_called():
     x, level = torch.ones(2, 3, dtype=F64), torch.full((2,), 2.0, dtype=F64)
     d = model(x, level)
     calls.clear()
-    assert nag_denoise(model, x, level, d, d, 0.5, window=(0.0, 1.0)) is d
-    assert nag_denoise(model, x, level, d, d, 0.0) is d
-    assert nag_denoise(model, x, torch.full((2,), 1.0, dtype=F64), d, d, 0.5, flow=True) is d  # flow s = 1: no VE level
+    assert nag_denoise(model, x, level, d, d, 0.5, "fixed", window=(0.0, 1.0)) is d
+    assert nag_denoise(model, x, level, d, d, 0.0, "fixed") is d
+    assert nag_denoise(model, x, torch.full((2,), 1.0, dtype=F64), d, d, 0.5, "fixed", flow=True) is d  # s = 1: no VE level
     assert not calls
-    nag_denoise(model, x, level, d, d, 0.5, window=(1.0, 3.0))
+    nag_denoise(model, x, level, d, d, 0.5, "fixed", window=(1.0, 3.0))
     assert len(calls) == 1 and torch.allclose(calls[0], level * math.exp(0.15))
 
 
