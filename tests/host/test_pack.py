@@ -23,8 +23,10 @@ PACK_NODES = {"ErrorControlDDIMInversionSampler", "ErrorControlInversionSigmas",
               "ErrorControlPolarisInversion", "ErrorControlPolarisDenoise", "ErrorControlPolarisInversionSampler",
               "ErrorControlPolarisReplay", "ErrorControlPolarisTraceSigmas", "ErrorControlPolarisSaveTrace",
               "ErrorControlPolarisLoadTrace", "ErrorControlNoiseAwarenessGuidance", "ErrorControlNoiseAwarenessGuider",
-              "ErrorControlNoiseShiftMeter", "ErrorControlDiffIERSampler", "ErrorControlDiffIERGapMeter"}
-LINK_TYPES = {"MODEL", "CONDITIONING", "LATENT", "SIGMAS", "IMAGE", "GUIDER", "SAMPLER", "VRG_PROFILE", "POLARIS_TRACE"}
+              "ErrorControlNoiseShiftMeter", "ErrorControlDiffIERSampler", "ErrorControlDiffIERGapMeter",
+              "ErrorControlTrainNoiseEstimator", "ErrorControlLoadNoiseEstimator"}
+LINK_TYPES = {"MODEL", "CONDITIONING", "LATENT", "SIGMAS", "IMAGE", "GUIDER", "SAMPLER", "VRG_PROFILE", "POLARIS_TRACE",
+              "NAG_NOISE_ESTIMATOR"}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,7 @@ EXPERT_INPUTS = {"ErrorControlDDIMInversionSampler": {"eval_at"},
                  "ErrorControlDiffIERSampler": {"damping"},
                  "ErrorControlDiffIERGapMeter": {"damping"},
                  "ErrorControlVRGCalibrate": {"grid_points"},
+                 "ErrorControlTrainNoiseEstimator": {"batch_size"},
                  "ErrorControlVRGScheduler": {"lp", "fix_sigma_max"},
                  "ErrorControlVRGOptimizeSigmas": {"lp", "fix_sigma_max"}}
 
