@@ -317,7 +317,7 @@ class TrainNoiseEstimator(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to guide: gives the latent format, noise levels and device."),
                 io.Latent.Input("latent", tooltip="Clean latents (VAE-encoded images of the kind you generate; 4–16 "
                                                   "is plenty, more varied is better)."),
-                io.Int.Input("iterations", default=1500, min=50, max=100000,
+                io.Int.Input("iterations", default=1500, min=10, max=100000,
                              tooltip="Training steps (tested 1000–3000)."),
                 io.Int.Input("batch_size", default=32, min=1, max=512,
                              tooltip="Noisy crops per step (tested 32).", **EXPERT),
