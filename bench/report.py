@@ -76,7 +76,14 @@ def nag_section(mode: Mode) -> str:
             "(estimated σ / scheduled σ), and ratios to plain CFG at the same steps; `evals` counts network evaluations "
             "a sample (NFE). Variants: `cfg` plain CFG at the same steps, `cfg_nfe` plain CFG given the same NFE (more steps), "
             "`nag_fixed` / `nag_adaptive` the guidance in its two modes.\n\n" + markdown_table(nag.run(mode.nag)))
-    return section("Noise Awareness Guidance", "python -m bench.nag", body)
+    if mode.digits:
+        setting = nag.EstimatorSetting(dims=(1024,), strengths=(0.1, 1.0))
+        body += ("\n### Estimator mode (the default) at d = 1024\n\nClassifier-based guidance with the exact noise "
+                 "posterior (`estimator`, the oracle) and with the pack's learned estimator (`learned estimator`, trained "
+                 "as the node trains it) against plain CFG, the stand-in modes and the gap-closing rule, on models reading "
+                 "σ as (1+κ)σ; error to a fine exact solve, as a ratio to plain CFG on the same seed (EPS; `python -m "
+                 "bench.nag --estimator --flow` for flow).\n\n" + markdown_table(nag.run_estimator(setting)))
+    return section("Noise Awareness Guidance", "python -m bench.nag; python -m bench.nag --estimator", body)
 
 
 def diffier_section(mode: Mode) -> str:
