@@ -195,6 +195,16 @@ def test_frechet_distance_is_zero_on_itself_and_grows_with_a_shift(data):
     assert 0 < distances[0] < distances[1] < distances[2]
 
 
+def test_fd_floors_are_positive_and_the_finite_sample_floor_shrinks_with_more_patches(data, monkeypatch):
+    reference = patches.train_reference
+    monkeypatch.setattr(patches, "train_reference", lambda d, per_class=500: reference(d, 30))  # keep the test fast
+    torch.manual_seed(0)
+    classifier = patches.PatchClassifier().eval()
+    small, large = (patches.fd_floor(classifier, data, n, heldout=False) for n in (10, 40))
+    assert 0 < large < small
+    assert patches.fd_floor(classifier, data, 10) > 0
+
+
 def test_precision_and_recall_see_coverage():
     g = torch.Generator().manual_seed(0)
     real = torch.randn(300, 8, generator=g, dtype=torch.float64)
