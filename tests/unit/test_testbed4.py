@@ -84,15 +84,19 @@ def test_headline_takes_the_best_of_each_side_in_the_metrics_direction():
     rows = [_row("base a", "baseline", [1.0, 1.1, 1.2]), _row("base b", "peer", [0.9, 0.95, 1.0]),
             _row("VRG(a)", "ours", [0.8, 0.9, 0.7]), _row("VRG(b)", "ours", [0.85, 0.9, 0.95])]
     (top,) = t4.headline(rows)
-    assert (top["ours"], top["best peer"], top["verdict"]) == ("VRG(a)", "base b", "win")
+    assert (top["ours"], top["peer"], top["verdict"]) == ("VRG(a)", "base b", "win")
     assert top["Δ (> 0: ours better)"] == pytest.approx(0.15)
+    assert not t4.losses(rows)
     psnr = [_row("POLARIS", "ours", [20.0, 21.0, 22.0], "POLARIS inversion", "psnr"),
-            _row("standard", "baseline", [21.0, 22.0, 23.0], "POLARIS inversion", "psnr")]
-    assert t4.headline(psnr)[0]["verdict"] == "loss" and t4.losses(t4.headline(psnr))
+            _row("standard", "baseline", [21.0, 22.0, 23.0], "POLARIS inversion", "psnr"),
+            _row("flip", "peer", [20.5, 21.5, 21.3], "POLARIS inversion", "psnr"),
+            _row("worse", "peer", [19.0, 20.0, 21.0], "POLARIS inversion", "psnr")]
+    assert t4.headline(psnr)[0]["verdict"] == "loss"
+    assert [(r["peer"], r["verdict"]) for r in t4.losses(psnr)] == [("standard", "loss"), ("flip", "tie")]
     mixed = [_row("ours", "ours", [1.0, 2.0, 1.0]), _row("peer", "peer", [1.1, 1.0, 1.2])]
     assert t4.headline(mixed)[0]["verdict"] == "tie"
     tiny = [_row("ours", "ours", [1.0, 1.0, 1.0]), _row("peer", "peer", [1.001, 1.001, 1.001])]
-    assert t4.headline(tiny)[0]["verdict"] == "tie" and not t4.losses(t4.headline(tiny))
+    assert t4.headline(tiny)[0]["verdict"] == "tie"
 
 
 def test_tally_gives_mean_and_std_over_seeds():
