@@ -18,6 +18,8 @@
 Every network is trained once (seeded; on CUDA when available) and cached as safetensors under ``bench/out/cache/``
 (git-ignored) with its settings, final loss and training time in the metadata; different settings retrain it.
 ``python -m bench.testbeds.patches --train`` trains or loads every network; without the flag it prints :func:`summary`.
+On a CPU shared with other jobs run it with ``OMP_NUM_THREADS=1``: oversubscribed OpenMP threads spin-wait (measured on
+2 busy cores: > 5 s a denoiser step with 2 threads, 0.26 s with 1).
 """
 
 from __future__ import annotations
@@ -321,7 +323,8 @@ def _train_or_load(module: nn.Module, fit: Callable[[nn.Module], float], name: s
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     metadata = {"settings": json.dumps(settings, sort_keys=True), "train_seconds": f"{module.train_seconds:.3f}",
-                "final_loss": f"{module.final_loss:.6f}", "device": str(_device())}
+                "final_loss": f"{module.final_loss:.6f}", "device": str(_device()),
+                "threads": str(torch.get_num_threads())}
     save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(partial), metadata=metadata)
     os.replace(partial, path)
     return module
