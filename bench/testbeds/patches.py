@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -301,6 +303,32 @@ class PatchUNet(nn.Module):
 # Training and the cache
 
 
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
+"""Weights that ship with the repository (for ``make demo`` on a fresh machine): read when the cache has none with the
+same settings."""
+SHIP_COMMAND = "OMP_NUM_THREADS=1 python -m bench.testbeds.patches --train --ship"
+
+
+SHIPPED = ("patches_denoiser_eps", "patches_denoiser_flow", "patches_classifier")
+
+
+def ship(name: str) -> Path:
+    """Copy the cached network ``name`` (one of :data:`SHIPPED`, trained by :func:`train_all`) into :data:`SHIPPED_DIR`;
+    the file keeps the cache's settings, loss and time and adds the command, seed and data that made it."""
+    source = _cache_path(None, name)
+    with safe_open(str(source), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    version = importlib.metadata.version("scikit-image")
+    metadata |= {"command": SHIP_COMMAND, "seed": str(json.loads(metadata["settings"])["seed"]),
+                 "data": f"scikit-image {version} bundled photos {', '.join(PHOTOS)}: random 32x32 crops left of the "
+                         "held-out strip, flips"}
+    SHIPPED_DIR.mkdir(exist_ok=True)
+    target = SHIPPED_DIR / source.name
+    save_file(tensors, str(target), metadata=metadata)
+    return target
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -311,7 +339,7 @@ def _train_or_load(module: nn.Module, fit: Callable[[nn.Module], float], name: s
     and cache them with the settings, final loss and seconds (temp name, then rename). Sets ``train_seconds`` and
     ``final_loss`` on the module."""
     path = _cache_path(cache_dir, name)
-    cached = _read_cache(path, settings)
+    cached = _read_cache(path, settings) or _read_cache(SHIPPED_DIR / path.name, settings)
     if cached is not None:
         module.load_state_dict(cached[0])
         module.train_seconds = float(cached[1].get("train_seconds", "nan"))
@@ -688,9 +716,13 @@ def summary(per_class: int = 20, steps: tuple[int, ...] = (10, 20), scales: tupl
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train", action="store_true", help="only train (or load) the networks and print their cost")
-    if parser.parse_args().train:
+    parser.add_argument("--ship", action="store_true", help="with --train: copy the networks to bench/weights (demo)")
+    args = parser.parse_args()
+    if args.train:
         began = time.perf_counter()
         train_all()
         print(f"total wall time {time.perf_counter() - began:.1f} s")
+        for name in SHIPPED if args.ship else ():
+            print(f"shipped {ship(name)}")
     else:
         summary()
