@@ -27,7 +27,7 @@ from samplers import core
 from samplers.nag import estimate_sigma, nag_guided
 from samplers.vrg import optimize_sigmas
 
-from . import diffier, nag, polaris, vrg
+from . import diffier, nag, polaris, testbed4, vrg
 from .kit import markdown_table
 from .testbeds import gmm
 
@@ -97,6 +97,48 @@ def diffier_section(mode: Mode) -> str:
         body += ("\n### Testbed 2: digits\n\nFréchet distance to the training digits in the classifier's features (lower "
                  "is better) and label accuracy of 2000 samples, 10 steps.\n\n" + markdown_table(diffier.digits_rows()))
     return section("DiffIER", "python -m bench.diffier" + full_flag(mode), body)
+
+
+def testbed4_plots(rows: list[dict], out: Path) -> list[Path]:
+    """Testbed 4, ours against the baselines and peers: quality vs NFE for POLARIS (cfg 1) and VRG, and DiffIER's FD
+    over cfg at equal NFE, one PNG a method and twin."""
+    views = (("POLARIS inversion", "nfe", lambda r: r["setting"].endswith("cfg 1"), "NFE per sample"),
+             ("VRG", "nfe", lambda r: True, "NFE per sample"),
+             ("DiffIER", "cfg", lambda r: True, "cfg (equal NFE per cfg)"))
+    paths = []
+    for method, x_key, keep, x_label in views:
+        metric = testbed4.PRIMARY[method][0]
+        for family in ("eps", "flow"):
+            points: dict[str, list[tuple[float, float]]] = {}
+            for r in rows:
+                if r["method"] == method and r["family"] == family and r["role"] != "floor" and keep(r):
+                    x = r["nfe"] if x_key == "nfe" else float(r["setting"].removeprefix("cfg "))
+                    label = f"{r['variant']} [{r['role']}]".replace("→", "->")  # the plot font has no arrow
+                    points.setdefault(label, []).append((x, r[metric]))
+            series = {label: tuple(zip(*sorted(pairs))) for label, pairs in points.items()}
+            better = "higher" if metric == "psnr" else "lower"
+            title = f"Testbed 4, {family}: {method}, {metric} ({better} is better)"
+            image = render(series, title, x_label, metric, metric != "psnr", size=(900, 560))
+            paths.append(save_png(image, out / f"testbed4_{method.split()[0].lower()}_{family}.png"))
+    return paths
+
+
+def testbed4_section(mode: Mode, out: Path) -> str:
+    """Every method against its baseline and the best peers on testbed 4 (``bench/testbed4.py``), with its plots."""
+    rows = testbed4.run(quick=mode is QUICK)
+    plots = testbed4_plots(rows, out)
+    lost = testbed4.losses(rows)
+    body = (("Quick mode: tiny models trained in seconds; the numbers only show the pipeline runs.\n\n" if mode is QUICK
+             else "") + "A class-conditional U-Net (1.77 M weights, EDM preconditioning, EPS and flow twins) on 32×32 RGB "
+            "patches of scikit-image's photos (d = 3072, 10 classes); mean ± std over seeds, every variant from the same "
+            "noise; peers at equal NFE. Plots: " + ", ".join(f"[{p.name}]({p.name})" for p in plots) + ".\n\n"
+            "### Headline: our best variant vs the best baseline or peer\n\n" + markdown_table(testbed4.headline(rows)) +
+            f"\n### Where we lose ({len(lost)} rows: every baseline or peer ahead of our best variant)\n\n" +
+            (markdown_table(lost) if lost else "nowhere\n"))
+    for method in testbed4.PRIMARY:
+        body += f"\n### {method}\n\n" + markdown_table(testbed4.printable([r for r in rows if r["method"] == method]))
+    return section("Testbed 4: every method against its peers", "python -m bench.testbed4" + (" --quick" if mode is QUICK
+                                                                                               else ""), body)
 
 
 def vrg_section(mode: Mode) -> str:
@@ -202,7 +244,8 @@ def write_report(mode: Mode, out: Path = OUT, cost: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     began, timings, sections = time.perf_counter(), {}, []
     runs: list[tuple[str, Callable[[Mode], str]]] = [("POLARIS", polaris_section), ("Noise Awareness Guidance", nag_section),
-                                                     ("DiffIER", diffier_section), ("VRG", vrg_section)]
+                                                     ("DiffIER", diffier_section), ("VRG", vrg_section),
+                                                     ("testbed 4", lambda m: testbed4_section(m, out))]
     if cost:
         runs.append(("cost", cost_section))
     for name, run in runs:

@@ -1,6 +1,8 @@
 """`make demo`: every example workflow on a real headless ComfyUI with the tiny checkpoint, plus the testbed figures.
 
-Writes into the output folder: ``images/`` (what each workflow saved), ``*.png`` plots, ``metrics.md`` (the table).
+Writes into the output folder: ``images/`` (what each workflow saved), ``*.png`` plots, ``testbed4/`` (pictures of real
+photo patches from the testbed-4 models that ship in ``bench/weights``: each method beside its baseline and the best
+peer), ``metrics.md`` (the table).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import polaris, vrg  # noqa: E402
+from bench import polaris, testbed4, vrg  # noqa: E402
 from bench.inversion import STEP_COUNTS, reconstruction_table  # noqa: E402
 from tools.comfy_host import (  # noqa: E402
     ComfyServer,
@@ -137,8 +139,10 @@ def main() -> None:
     plot_inversion(testbed, out / "ddim_inversion_testbed.png")
     polaris_rows = polaris.reconstruction_rows(samples=32, steps=(10, 20))
     metrics = write_metrics(out, testbed, polaris_rows, vrg.run(vrg.QUICK), run_workflows(out))
+    pictures = testbed4.demo_pictures(out / "testbed4")
     print(metrics.read_text())
-    print(f"demo: images in {out / 'images'}, plot {out / 'ddim_inversion_testbed.png'}, table {metrics}")
+    print(f"demo: images in {out / 'images'}, plot {out / 'ddim_inversion_testbed.png'}, table {metrics}, "
+          f"testbed-4 pictures {', '.join(p.name for p in pictures)} in {out / 'testbed4'}")
 
 
 if __name__ == "__main__":
