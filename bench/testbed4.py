@@ -503,7 +503,8 @@ def _grid(rows: dict[str, Tensor], title: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     columns = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 0.9 + 2.2, len(rows) * 0.95 + 0.6), squeeze=False)
+    height = len(rows) * 0.95 + 0.7  # inches: 0.95 a row, 0.7 for the title and the class names
+    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 0.9 + 2.2, height), squeeze=False)
     for r, (name, images) in enumerate(rows.items()):
         for c in range(columns):
             axes[r, c].axis("off")
@@ -513,9 +514,8 @@ def _grid(rows: dict[str, Tensor], title: str, path: Path) -> Path:
         axes[r, 0].text(-0.15, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=7)
     for c, photo in enumerate(patches.PHOTOS[:columns]):
         axes[0, c].set_title(photo[:12], fontsize=6)
-    fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.27, right=0.99, top=1 - 0.45 / (len(rows) * 0.95 + 0.6), bottom=0.01, wspace=0.05,
-                        hspace=0.08)
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
+    fig.subplots_adjust(left=0.27, right=0.99, top=1 - 0.6 / height, bottom=0.01, wspace=0.05, hspace=0.08)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
