@@ -122,6 +122,7 @@ def load_testbed(setting: Setting) -> Testbed:
 
 
 def family(flow: bool) -> str:
+    """The twin's name in the tables."""
     return "flow" if flow else "eps"
 
 
@@ -441,6 +442,7 @@ def run(quick: bool = False, setting: Setting | None = None) -> list[dict]:
 
 
 def _best(rows: list[dict], metric: str, sign: float) -> dict:
+    """The row best on ``metric`` in direction ``sign`` (+1: higher is better)."""
     return max(rows, key=lambda r: sign * r[metric])
 
 
