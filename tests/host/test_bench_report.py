@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ["POLARIS inversion", "Noise Awareness Guidance", "DiffIER", "VRG schedules", "Cost against the plain KSampler"]
+SECTIONS = ["POLARIS inversion", "Noise Awareness Guidance", "DiffIER", "VRG schedules",
+            "Testbed 4: every method against its peers", "Cost against the plain KSampler"]
 PLOTS = ["polaris_omega.png", "vrg_schedules.png", "vrg_error_profile.png", "noise_shift.png", "quality_vs_nfe.png"]
 
 
@@ -39,6 +40,10 @@ BASELINE_ROWS = {  # per section: table cells of the method and of its baselines
     "Noise Awareness Guidance": ["| nag_fixed |", "| nag_adaptive |", "| cfg |", "| cfg_nfe |"],
     "DiffIER": ["| C |", "| cfg |", "| cfg_nfe |"],
     "VRG schedules": ["| karras |", "| normal |"],
+    "Testbed 4: every method against its peers": [
+        "| POLARIS |", "| FlipSigmas + euler (cfg 1 → 1) |", "| Unsampler (cfg 1 → 1) |", "| RF-Inversion", "| APG",
+        "| CFG-Zero* |", "| RescaleCFG", "| CFGNorm |", "| AYS (SD1, mapped) |", "| OptimalSteps (FLUX) |",
+        "| estimator w 0.1 |", "### Headline", "### Where we lose"],
     "Cost against the plain KSampler": ["POLARIS Inversion", "POLARIS Denoise", "Noise Awareness Guidance", "VRG", "DiffIER",
                                         "KSampler euler"],
 }
@@ -59,3 +64,13 @@ def test_the_plots_are_written_and_linked(report):
         with Image.open(report.parent / name) as image:
             assert image.format == "PNG" and image.size == (640, 400)
             assert len(image.convert("RGB").getcolors(1 << 16) or []) > 10  # lines and text, not a blank canvas
+
+
+def test_testbed4_plots_show_ours_and_the_peers(report):
+    text = report.read_text()
+    for method in ("polaris", "vrg", "diffier"):
+        for family in ("eps", "flow"):
+            name = f"testbed4_{method}_{family}.png"
+            assert f"]({name})" in text
+            with Image.open(report.parent / name) as image:
+                assert len(image.convert("RGB").getcolors(1 << 16) or []) > 10
