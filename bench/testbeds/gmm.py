@@ -321,7 +321,26 @@ def miscalibrated(denoiser: Callable, kappa: float | Callable[[Tensor], Tensor],
     return shifted
 
 
-class MLPDenoiser(nn.Module):
+class LabelledDenoiser:
+    """The testbeds' class-conditional networks as ``samplers.core`` denoisers: a subclass has ``_labels(cls, batch)``
+    (None: the null class of label dropout) and ``_predict(x, sigma, labels)``."""
+
+    def denoiser(self, cls: Classes = None) -> Denoiser:
+        """``D(x, σ)`` for ``cls`` (None: the unconditional branch), in the parametrisation it was trained for."""
+        return lambda x, sigma: self._predict(x, sigma, self._labels(cls, x.shape[0]))
+
+    def pair_denoiser(self, cls: Classes) -> PairDenoiser:
+        """``(D_cond, D_uncond)`` from one batched call (cond and uncond stacked, as the host batches them)."""
+
+        def pair(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+            n = x.shape[0]
+            labels = torch.cat([self._labels(cls, n), self._labels(None, n)])
+            return self._predict(torch.cat([x, x]), _levels(sigma, x).repeat(2), labels).chunk(2)
+
+        return pair
+
+
+class MLPDenoiser(LabelledDenoiser, nn.Module):
     """A small x0-predicting MLP with EDM preconditioning written for ``x = a·x0 + σ·ε`` (EVAL.md, knob 4):
 
         D(x, σ, c) = c_skip·x + c_out·F(c_in·x, c_noise, c)
@@ -368,19 +387,6 @@ class MLPDenoiser(nn.Module):
         out = self(flat.float(), _levels(sigma, flat).float(), labels)
         return out.to(x.dtype).reshape(x.shape)
 
-    def denoiser(self, cls: Classes = None) -> Denoiser:
-        """``D(x, σ)`` for ``cls`` (None: the unconditional branch), in the parametrisation it was trained for."""
-        return lambda x, sigma: self._predict(x, sigma, self._labels(cls, x.shape[0]))
-
-    def pair_denoiser(self, cls: Classes) -> PairDenoiser:
-        """``(D_cond, D_uncond)`` from one batched call (cond and uncond stacked, as the host batches them)."""
-
-        def pair(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-            n = x.shape[0]
-            labels = torch.cat([self._labels(cls, n), self._labels(None, n)])
-            return self._predict(torch.cat([x, x]), _levels(sigma, x).repeat(2), labels).chunk(2)
-
-        return pair
 
 
 @contextlib.contextmanager

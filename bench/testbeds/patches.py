@@ -41,12 +41,12 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from samplers.core import Denoiser, PairDenoiser, alpha, guided, inversion_sigmas
+from samplers.core import Denoiser, alpha, guided, inversion_sigmas
 from samplers.inversion import EvalAt, ddim
 
 from ..kit import schedule
 from .digits import CACHE_DIR, _cache_path, _read_cache, _seeded_init, frechet_distance, psnr
-from .gmm import Classes, _levels
+from .gmm import Classes, LabelledDenoiser, _levels
 
 VERSION = 1
 """Bumped when training code changes in a way the settings do not show: every cached network is then retrained."""
@@ -203,7 +203,7 @@ class _SelfAttention(nn.Module):
         return h + self.proj(out)
 
 
-class PatchUNet(nn.Module):
+class PatchUNet(LabelledDenoiser, nn.Module):
     """An x0-predicting U-Net for ``[B, 3, 32, 32]`` states with EDM preconditioning for ``x = a·x0 + σ·ε``:
 
         D(x, σ, c) = c_skip·x + c_out·F(c_in·x, c_noise, c)
@@ -284,19 +284,6 @@ class PatchUNet(nn.Module):
                          for i in range(0, len(images), chunk)])
         return out.to(x.device, x.dtype).reshape(x.shape)
 
-    def denoiser(self, cls: Classes = None) -> Denoiser:
-        """``D(x, σ)`` for ``cls`` (None: the unconditional branch), in the parametrisation it was trained for."""
-        return lambda x, sigma: self._predict(x, sigma, self._labels(cls, x.shape[0]))
-
-    def pair_denoiser(self, cls: Classes) -> PairDenoiser:
-        """``(D_cond, D_uncond)`` from one batched call (cond and uncond stacked, as the host batches them)."""
-
-        def pair(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-            n = x.shape[0]
-            labels = torch.cat([self._labels(cls, n), self._labels(None, n)])
-            return self._predict(torch.cat([x, x]), _levels(sigma, x).repeat(2), labels).chunk(2)
-
-        return pair
 
 
 # ---------------------------------------------------------------------------------------------------------------------
