@@ -538,7 +538,8 @@ def _inversion_picture(testbed: Testbed, out_dir: Path, steps: int, scale: float
                         key=lambda n: psnr(results[n][1], x0).mean().item())
         rows[f"{family(flow)}: held-out"] = x0
         for name in ("POLARIS", f"standard DDIM (cfg 1 → {scale:g})", best_peer):
-            rows[f"{family(flow)}: {name}\nPSNR {psnr(results[name][1], x0).mean().item():.1f} dB"] = results[name][1]
+            label = f"{name} (its ω, not cfg {scale:g})" if name == "POLARIS" else name  # it replays ω ≈ 0.7-0.9
+            rows[f"{family(flow)}: {label}\nPSNR {psnr(results[name][1], x0).mean().item():.1f} dB"] = results[name][1]
     return _grid(rows, f"Invert → denoise, {steps} steps, user cfg {scale:g} (testbed 4, seed 0)",
                  out_dir / "testbed4_inversion.png")
 
