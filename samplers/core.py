@@ -120,13 +120,18 @@ def flow_to_ve(x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
 
 def ve_to_flow(x_ve: Tensor, sigma_ve: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse of :func:`flow_to_ve`: ``s = σ/(1+σ)``, ``x = (1-s)·x_ve``."""
-    s = sigma_ve / (1.0 + sigma_ve)
+    s = model_sigma(sigma_ve, flow=True)
     return x_ve * append_dims(1.0 - s, x_ve.ndim), s
 
 
 def ve_sigma(sigma: Tensor, flow: bool = False) -> Tensor:
     """The VE noise level of a level in either parametrisation (the identity for EPS/V)."""
     return sigma / (1.0 - sigma) if flow else sigma
+
+
+def model_sigma(sigma_ve: Tensor, flow: bool = False) -> Tensor:
+    """Inverse of :func:`ve_sigma`: a VE level in the model's parametrisation (flow: ``s = σ/(1+σ)``)."""
+    return sigma_ve / (1.0 + sigma_ve) if flow else sigma_ve
 
 
 def alpha_bar(sigma: Tensor, flow: bool = False) -> Tensor:

@@ -57,7 +57,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .core import Denoiser, PairDenoiser, alpha, append_dims, cfg_mix, flow_to_ve, ve_sigma, ve_to_flow
+from .core import Denoiser, PairDenoiser, alpha, append_dims, cfg_mix, flow_to_ve, model_sigma, ve_sigma, ve_to_flow
 from .vrg import ErrorProfile
 
 Mode = Literal["fixed", "adaptive", "estimator"]
@@ -102,7 +102,7 @@ def estimate_sigma(x: Tensor, denoised: Tensor, sigma: Tensor, profile: ErrorPro
     slope = (g / sigma_ve**2).clamp(MIN_SLOPE, 1.0)
     variance = sigma_ve**2 + (residual_energy(x_ve, denoised) - g) / slope**2
     sigma_hat = variance.clamp_min(0).sqrt()
-    return sigma_hat / (1 + sigma_hat) if flow else sigma_hat
+    return model_sigma(sigma_hat, flow)
 
 
 def in_window(sigma: Tensor, window: tuple[float, float] | None, flow: bool = False) -> bool:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .artefact import ArtefactFormat
-from .core import noise_to, ve_sigma
+from .core import model_sigma, noise_to, ve_sigma
 
 WIDTH = 32
 MIN_LOG_SPREAD = math.log(1e-3)
@@ -91,8 +91,7 @@ class NoiseEstimator:
     def estimate(self, x: Tensor) -> Tensor:
         """The noise level ``x`` shows, ``exp μ(x)`` mapped to the model's parametrisation, ``[B]``."""
         self.net.to(x.device)
-        sigma_ve = self.net(x)[0].exp()
-        return sigma_ve / (1 + sigma_ve) if self.flow else sigma_ve
+        return model_sigma(self.net(x)[0].exp(), self.flow)
 
 
 FLOW_TOP = 0.999
@@ -103,11 +102,6 @@ def _log_ve_range(sigma_range: tuple[float, float], flow: bool) -> tuple[float, 
     """``log σ_VE`` at both ends of ``sigma_range`` (the model's parametrisation)."""
     low, high = (ve_sigma(torch.tensor(s, dtype=torch.float64), flow).log().item() for s in sigma_range)
     return low, high
-
-
-def _level_of(log_sigma_ve: Tensor, flow: bool) -> Tensor:
-    sigma_ve = log_sigma_ve.exp()
-    return sigma_ve / (1 + sigma_ve) if flow else sigma_ve
 
 
 def _crops(x0: Tensor, batch: int, size: int, g: torch.Generator) -> Tensor:
@@ -129,7 +123,7 @@ def noised_batch(x0: Tensor, sigma_range: tuple[float, float], flow: bool, batch
     clean = _crops(x0, batch, crop, g).float()
     log_sigma_ve = low + (high - low) * torch.rand(batch, generator=g, dtype=torch.float64)
     eps = torch.randn(clean.shape, generator=g)
-    x = noise_to(clean, eps, _level_of(log_sigma_ve, flow).float(), flow)
+    x = noise_to(clean, eps, model_sigma(log_sigma_ve.exp(), flow).float(), flow)
     return x, log_sigma_ve.float()
 
 

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from samplers.core import Denoiser, PairDenoiser, alpha
+from samplers.core import Denoiser, PairDenoiser, alpha, model_sigma
 
 Classes = int | Tensor | None
 """A class choice: None (unconditional), one class for the batch, or a ``[B]`` tensor of classes."""
@@ -215,8 +215,7 @@ class NoisePosterior:
 
     def level_of(self, log_sigma_ve: Tensor) -> Tensor:
         """The level of ``λ = log σ_ve`` in the model's parametrisation (flow: ``s = σ/(1+σ)``)."""
-        sigma = log_sigma_ve.exp()
-        return sigma / (1 + sigma) if self.flow else sigma
+        return model_sigma(log_sigma_ve.exp(), self.flow)
 
     def log_marginals(self, x: Tensor, sigma: Tensor) -> Tensor:
         """``log p_σ(x | cls)`` ``[B, J]`` at levels ``sigma`` ``[B, J]`` or ``[J]`` (the model's parametrisation)."""
