@@ -14,6 +14,7 @@ from collections.abc import Callable
 import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
+import comfy.utils
 import latent_preview
 import torch
 from comfy_api.latest import io
@@ -73,6 +74,18 @@ def step_callback(callback: Callable[[dict], None] | None) -> Callable[[dict], N
         comfy.model_management.throw_exception_if_processing_interrupted()
         if callback is not None:
             callback(step)
+
+    return on_step
+
+
+def interruptible_progress(total: int) -> Callable[..., None]:
+    """A ``callback(done, ...)`` for the pack's own long loops (calibration, training): it moves a ComfyUI progress bar
+    of ``total`` steps and stops at once when the user interrupts."""
+    progress = comfy.utils.ProgressBar(total)
+
+    def on_step(done: int, *_) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        progress.update_absolute(done, total)
 
     return on_step
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -41,6 +40,7 @@ from .comfy_seam import (
     check_clean_latent,
     check_latent_fits,
     conditional_model,
+    interruptible_progress,
     is_flow,
     latent_format_fingerprint,
     model_device,
@@ -335,14 +335,9 @@ class TrainNoiseEstimator(io.ComfyNode):
         target = types.new_file(types.ESTIMATOR_FOLDER, estimator_name, node, "estimator_name")
         check_clean_latent(model, latent["samples"], node, "VAE-encoded images (a batch of 4–16)")
         x0 = sampler_space(model, latent["samples"])
-        progress = comfy.utils.ProgressBar(iterations)
-
-        def on_iteration(done: int, loss: float) -> None:
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            progress.update_absolute(done, iterations)
-
         estimator, _ = train_noise_estimator(x0, sigma_range(model), model_is_flow(model), iterations, batch_size, seed,
-                                             latent_format_fingerprint(model), model_device(model), on_iteration)
+                                             latent_format_fingerprint(model), model_device(model),
+                                             interruptible_progress(iterations))
         error, plot = calibration_plot(estimator, x0)
         estimator.record.update(log_error=error, model=model_fingerprint(model), pack_version=PACK_VERSION)
         save_estimator(estimator, target)

@@ -13,9 +13,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import comfy.model_management
 import comfy.samplers
-import comfy.utils
 import torch
 from comfy_api.latest import io
 
@@ -30,6 +28,7 @@ from .comfy_seam import (
     attached_profile,
     check_clean_latent,
     check_made_for,
+    interruptible_progress,
     model_fingerprint,
     model_is_flow,
     sampling_fingerprint,
@@ -114,12 +113,7 @@ class VRGCalibrate(io.ComfyNode):
         check_clean_latent(model, samples, node, "VAE-encoded images (a batch of 4–16)")
         flow = model_is_flow(model)
         grid = default_sigma_grid(*sigma_range(model), grid_points, flow)
-        progress = comfy.utils.ProgressBar(grid_points)
-        result = {}
-
-        def on_level(done: int, total: int) -> None:
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            progress.update_absolute(done, total)
+        result, on_level = {}, interruptible_progress(grid_points)
 
         def measure(denoiser, x0):
             generator = torch.Generator(device="cpu").manual_seed(seed)
