@@ -19,7 +19,7 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..plots.line import UI_KEY, line_plot
+from ..plots.figures import diffier_figures
 from ..samplers.core import check_sigmas, conditional_pair
 from ..samplers.diffier import diffier, prediction_drift
 from .comfy_seam import (
@@ -164,16 +164,8 @@ class DiffIERGapMeter(io.ComfyNode):
                    cfg=cfg, damping=damping, node=node)
         _, plain, _ = recorded_run(**run, iterations=0)
         samples, corrected, weights = recorded_run(**run, iterations=iterations)
-        step_axis = list(range(1, steps))
-        gaps = {"plain cfg": prediction_drift(plain).mean(-1), f"DiffIER K={iterations}": prediction_drift(corrected).mean(-1)}
-        gap_plot = line_plot({label: (step_axis, gap.tolist()) for label, gap in gaps.items()},
-                             f"Gap per step (x0 drift), cfg {cfg:g}: total {float(gaps['plain cfg'].sum()):.4g} plain", "step",
-                             "mean sq. x0 change")
-        weight_plot = line_plot({"cfg": (range(steps), [cfg] * steps),
-                                 "DiffIER weight (batch mean)": (range(steps), weights.float().mean(-1).tolist())},
-                                f"DiffIER cfg weight per step (K={iterations}, damping {damping:g})", "step", "weight",
-                                log_y=False)
-        ui = {UI_KEY: gap_plot.ui[UI_KEY] + weight_plot.ui[UI_KEY]}
+        gap_plot, weight_plot, ui = diffier_figures(prediction_drift(plain).mean(-1), prediction_drift(corrected).mean(-1),
+                                                    weights.float().mean(-1), cfg, iterations, damping)
         return io.NodeOutput({**latent_image, "samples": samples}, gap_plot.image, weight_plot.image, ui=ui)
 
 

@@ -20,7 +20,8 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..plots.line import Plot, line_plot
+from ..plots.figures import calibration_figure, noise_shift_figure
+from ..plots.line import Plot
 from ..samplers.nag import estimate_sigma, nag_denoise
 from ..samplers.noise_estimator import (
     NoiseEstimator,
@@ -280,12 +281,9 @@ class NoiseShiftMeter(io.ComfyNode):
                    progress=progress, node=node)
         scheduled, plain = recorded_run(model, **run)
         _, with_guidance = recorded_run(guided, **run)
-        series = {"scheduled sigma": (range(len(scheduled)), scheduled),
-                  "estimated, plain": (range(len(plain)), plain),
-                  "estimated, guided": (range(len(with_guidance)), with_guidance)}
         title = (f"Noise shift ({'noise estimator' if estimator is not None else 'VRG profile'}): {sampler_name}/"
                  f"{scheduler}, {steps} steps, cfg {cfg:g}, w={guidance['strength']:g} ({guidance['mode']})")
-        plot = line_plot(series, title, "model call", "sigma")
+        plot = noise_shift_figure(scheduled, plain, with_guidance, title)
         return io.NodeOutput(plot.image, ui=plot.ui)
 
 
@@ -294,10 +292,7 @@ def calibration_plot(estimator: NoiseEstimator, x0: torch.Tensor) -> tuple[float
     sigmas = torch.logspace(*(math.log10(level) for level in estimator.sigma_range), 12)
     readings = calibration(estimator, x0, sigmas)
     error = log_error(estimator, readings, sigmas)
-    levels = torch.log10(sigmas).tolist()
-    plot = line_plot({"true": (levels, levels), "estimated": (levels, torch.log10(readings.mean(1)).tolist())},
-                     f"Noise estimator: RMS log error {error:.3f} (fresh noise)", "log10 sigma", "log10 estimated sigma")
-    return error, plot
+    return error, calibration_figure(sigmas, readings.mean(1), error)
 
 
 class TrainNoiseEstimator(io.ComfyNode):

@@ -18,7 +18,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..plots.line import Plot, line_plot
+from ..plots.figures import omega_figure
 from ..samplers.core import cfg_mix, check_sigmas, conditional_pair, inversion_sigmas
 from ..samplers.inversion import ddim
 from ..samplers.polaris import SOLVERS, SPACES, PolarisTrace, Replay, polaris_invert
@@ -73,15 +73,6 @@ DISTILLED = {"solver": "fixed", "omega_start": 1.0}
 DISTILLED_NOTE = ("On a guidance-distilled model (Flux-dev: cfg 1 + FluxGuidance) there is no negative branch for omega "
                   "to weigh: it inverts with the conditional model alone, omega = 1 (plain DDIM inversion, one call a "
                   "step), and the plot says so.")
-
-
-def omega_plot(trace: PolarisTrace, distilled: bool = False) -> Plot:
-    """ω against the inversion step, one line per sample (at most four); says so when the model is guidance-distilled."""
-    steps = list(range(trace.steps))
-    series = {f"sample {b}": (steps, trace.omega[:, b].tolist()) for b in range(min(4, trace.omega.shape[1]))}
-    title = (f"guidance-distilled model: omega = 1, plain inversion ({trace.steps} steps)" if distilled else
-             f"POLARIS omega per step ({trace.steps} steps, mean {float(trace.omega.mean()):.3g})")
-    return line_plot(series, title, "inversion step", "omega", log_y=False)
 
 
 def check_trace(trace: PolarisTrace, model_patcher, node: str) -> None:
@@ -159,7 +150,7 @@ class PolarisInversion(io.ComfyNode):
         inverted = sample_with(cfg_guider(model, positive, negative, 1.0), latent["samples"], up,
                                inversion_sampler(options, node, result))
         trace = result["trace"]
-        plot = omega_plot(trace, guidance_distilled(model))
+        plot = omega_figure(trace.omega, guidance_distilled(model))
         return io.NodeOutput({"samples": inverted}, trace, plot.image, ui=plot.ui)
 
 
@@ -342,7 +333,7 @@ class PolarisLoadTrace(io.ComfyNode):
         node = "POLARIS Load Trace"
         trace = types.load(types.TRACE_FOLDER, trace_name, node, "trace_name", PolarisTrace.load)
         check_trace(trace, model, node)
-        plot = omega_plot(trace)
+        plot = omega_figure(trace.omega)
         latent = latent_of_state(model, trace.sigmas[-1:].float(), trace.latent.float())
         return io.NodeOutput(trace, {"samples": latent}, plot.image, ui=plot.ui)
 

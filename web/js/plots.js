@@ -6,6 +6,13 @@ import { app } from "../../../scripts/app.js";
 
 const UI_KEY = "error_control_plot";
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+// Dash and marker of the i-th series, as plots/line.py's STYLES: curves that coincide stay distinguishable.
+const STYLES = [
+  { dash: [], marker: "dot" },
+  { dash: [7, 5], marker: "square" },
+  { dash: [2, 4], marker: "triangle" },
+  { dash: [9, 3, 2, 3], marker: "cross" },
+];
 const HEIGHT = 220; // per plot; tools/workflows.py leaves PLOT_HEIGHT for it
 
 function bounds(spec) {
@@ -13,10 +20,37 @@ function bounds(spec) {
   const points = spec.series.map((s) =>
     s.x.map((x, i) => [x, s.y[i]]).filter(([x, y]) => x !== null && y !== null).map(([x, y]) => [x, scaleY(y)]));
   const all = points.flat();
-  const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+  const xs = all.map((p) => p[0]).concat(spec.x_ticks ?? []), ys = all.map((p) => p[1]);
   const box = { xMin: Math.min(...xs), xMax: Math.max(...xs), yMin: Math.min(...ys), yMax: Math.max(...ys) };
   return { points, box: all.length ? box : { xMin: 0, xMax: 1, yMin: 0, yMax: 1 } };
 }
+
+function drawMarker(ctx, marker, x, y) {
+  ctx.setLineDash([]);
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  if (marker === "dot") {
+    ctx.arc(x, y, 2, 0, 2 * Math.PI);
+    ctx.fill();
+    return;
+  }
+  if (marker === "square") ctx.rect(x - 4, y - 4, 8, 8);
+  else if (marker === "triangle") {
+    ctx.moveTo(x, y - 6);
+    ctx.lineTo(x - 5, y + 4);
+    ctx.lineTo(x + 5, y + 4);
+    ctx.closePath();
+  } else {
+    ctx.moveTo(x - 4, y - 4);
+    ctx.lineTo(x + 4, y + 4);
+    ctx.moveTo(x - 4, y + 4);
+    ctx.lineTo(x + 4, y - 4);
+  }
+  ctx.stroke();
+}
+
+// A tick's text as plots/line.py's tick_label: whole numbers without decimals.
+const tickLabel = (v) => (Number.isInteger(v) ? String(v) : v.toPrecision(3));
 
 function drawPanel(ctx, spec, top0, width, height) {
   const left = 52, right = 10, top = top0 + 22, bottom = top0 + height - 26;
@@ -30,19 +64,34 @@ function drawPanel(ctx, spec, top0, width, height) {
   ctx.fillText(spec.title, 6, top0 + 14);
   ctx.fillStyle = "#555";
   for (const f of [0, 0.5, 1]) {
-    const y = box.yMin + f * spanY, x = box.xMin + f * spanX;
+    const y = box.yMin + f * spanY;
     ctx.fillText((spec.log_y ? 10 ** y : y).toPrecision(3), 2, py(y) + 4);
-    ctx.fillText(x.toPrecision(3), px(x) - 10, bottom + 14);
+  }
+  for (const x of spec.x_ticks ?? [box.xMin, (box.xMin + box.xMax) / 2, box.xMax]) {
+    const text = tickLabel(x), textWidth = ctx.measureText(text).width; // kept inside the panel
+    ctx.fillText(text, Math.min(Math.max(px(x) - textWidth / 2, 0), width - 2 - textWidth), bottom + 14);
   }
   ctx.fillText(`${spec.x_label} →   ${spec.y_label}${spec.log_y ? " (log)" : ""} ↑`, left + 4, top0 + height - 2);
   points.forEach((pts, i) => {
+    const style = STYLES[i % STYLES.length];
     ctx.strokeStyle = ctx.fillStyle = COLOURS[i % COLOURS.length];
     ctx.lineWidth = 2;
+    ctx.setLineDash(style.dash);
     ctx.beginPath();
     pts.forEach(([x, y], j) => (j ? ctx.lineTo(px(x), py(y)) : ctx.moveTo(px(x), py(y))));
     ctx.stroke();
-    ctx.fillText(spec.series[i].label, left + 8, top + 14 + 13 * i);
+    pts.forEach(([x, y]) => drawMarker(ctx, style.marker, px(x), py(y)));
+    const legendY = top + 10 + 13 * i;
+    ctx.lineWidth = 2;
+    ctx.setLineDash(style.dash);
+    ctx.beginPath();
+    ctx.moveTo(left + 8, legendY);
+    ctx.lineTo(left + 26, legendY);
+    ctx.stroke();
+    drawMarker(ctx, style.marker, left + 17, legendY);
+    ctx.fillText(spec.series[i].label, left + 30, legendY + 4);
   });
+  ctx.setLineDash([]);
 }
 
 // Draw every plot a node sent, one panel each, stacked; greyed out with a note when the inputs changed since.
