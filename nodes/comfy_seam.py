@@ -190,7 +190,7 @@ class MixingGuider(comfy.samplers.CFGGuider):
             self.after()
         return samples
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (the host's signature)
+    def predict_noise(self, x, timestep, model_options={}, seed=None, **_):  # noqa: B006 (the host's signature)
         if self.check is not None:
             self.check(x)
         if self.conditional_only:  # as ComfyUI's cfg 1
@@ -262,7 +262,7 @@ def with_guided_denoiser(model_patcher, positive, negative, cfg: float, latent: 
     The measurement runs as the sampler of a zero-step-size schedule ``[0, 0]``, at which ComfyUI's noise scaling leaves
     the latent as it is for every model family.
     """
-    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
         work(sampler_denoiser(model, extra_args), x)
         return x
 

@@ -63,7 +63,8 @@ def run_diffier(model, x, sigmas, extra_args, callback, iterations: int, damping
     return diffier(pair, x, sigmas, cfg, iterations, damping, flow, step_callback(callback))
 
 
-def sample_diffier(model, x, sigmas, extra_args=None, callback=None, disable=None, iterations: int = 1, damping: float = 1.0):
+def sample_diffier(model, x, sigmas, extra_args=None, callback=None, disable=None, iterations: int = 1, damping: float = 1.0,
+                   **_):
     """k-diffusion sampler function: DiffIER with ``iterations`` (K) and ``damping`` (λ) at the guider's cfg."""
     return run_diffier(model, x, sigmas, extra_args, callback, iterations, damping)[0]
 
@@ -108,7 +109,7 @@ def recorded_run(model, positive, negative, latent: dict, seed: int, sigmas: tor
     """One DiffIER pass (K = 0: plain CFG euler) through ComfyUI's sampling; the samples, each step's prediction, ω."""
     predictions, weights = [], []
 
-    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
         samples, omega = run_diffier(model, x, sigmas, extra_args, callback, iterations, damping, node)
         weights.append(omega)
         return samples

@@ -31,7 +31,7 @@ EVAL_AT = {
 }
 
 
-def sample_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, eval_at: str = "auto"):
+def sample_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, eval_at: str = "auto", **_):
     """k-diffusion sampler function: deterministic DDIM inversion along ascending ``sigmas`` (samplers.inversion.ddim)."""
     check_sigmas(sigmas, "DDIM Inversion (sampler ddim_inversion)", "sigmas", ascending=True)
     check_sampler_latent(model, x, "DDIM Inversion (sampler ddim_inversion)")

@@ -85,7 +85,7 @@ def check_trace(trace: PolarisTrace, model_patcher, node: str) -> None:
 def inversion_sampler(options: dict, node: str, result: dict):
     """A k-diffusion sampler function running POLARIS inversion; the trace lands in ``result["trace"]``."""
 
-    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
         check_sigmas(sigmas, node, "sigmas", ascending=True)
         check_sampler_latent(model, x, node)
         flow = is_flow(sampler_model_sampling(model))
@@ -177,7 +177,7 @@ class PolarisInversionSampler(io.ComfyNode):
         options = inversion_options(solver, eval_at, space, omega_start, node)
         target = types.new_file(types.TRACE_FOLDER, trace_name, node, "trace_name")
 
-        def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
             result: dict = {}
             z = inversion_sampler(options, node, result)(model, x, sigmas, extra_args, callback, disable)
             result["trace"].save(target)
@@ -260,7 +260,7 @@ class PolarisDenoise(io.ComfyNode):
         node = "POLARIS Denoise"
         guider = replay_guider(model, positive, negative, trace, cfg, blend, node)
 
-        def from_trace(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        def from_trace(model_k, x, sigmas, extra_args=None, callback=None, disable=None, **_):
             # Start from the inverted state itself: ComfyUI's noise scaling of a LATENT would alter it for flow models.
             return ddim(sampler_denoiser(model_k, extra_args), trace.latent.to(x), sigmas, trace.flow,
                         callback=step_callback(callback))
