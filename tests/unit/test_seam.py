@@ -39,3 +39,27 @@ def test_node_files_reach_comfyui_only_through_the_seam(path):
 
 def test_the_seam_is_where_the_reaches_are():
     assert len(reaches(SEAM)) >= 10
+
+
+HOST_CALLED = {"predict_noise", "sample", "outer_sample", "inner_sample"}
+"""Guider methods the host calls; it may pass keyword arguments that a newer ComfyUI adds."""
+
+
+def host_called_functions(path: Path) -> list[ast.FunctionDef]:
+    """Every k-diffusion sampler function ``(model, x, sigmas, ...)`` (what KSAMPLER calls) and every guider override
+    in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ClassDef):
+            found += [f for f in node.body if isinstance(f, ast.FunctionDef) and f.name in HOST_CALLED]
+        elif isinstance(node, ast.FunctionDef) and [a.arg for a in node.args.args[1:6]] == [
+                "x", "sigmas", "extra_args", "callback", "disable"]:
+            found.append(node)
+    return found
+
+
+def test_every_function_the_host_calls_accepts_keyword_arguments_of_newer_hosts():
+    functions = [(path.name, f) for path in sorted(NODES.glob("*.py")) for f in host_called_functions(path)]
+    assert len(functions) >= 8  # the seven sampler functions and MixingGuider's overrides
+    closed = [f"{name}:{f.lineno} {f.name}" for name, f in functions if f.args.kwarg is None]
+    assert closed == [], "these refuse a keyword argument a newer ComfyUI may pass; add **_"
