@@ -21,6 +21,7 @@ import argparse
 import copy
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -161,8 +162,13 @@ def hosts_to_test() -> list[Host]:
 
 
 def default_host() -> Host:
-    """The ComfyUI of this interpreter (or ``$COMFYUI_DIR``): what the demo, ``make ui`` and the benchmarks run."""
+    """The ComfyUI of this interpreter (or ``$COMFYUI_DIR``): what the benchmarks run."""
     return Host(find_comfyui_dir(), Path(sys.executable))
+
+
+def newest_host() -> Host:
+    """The newest ComfyUI of :func:`hosts_to_test` (0.33.0 once bootstrapped): what ``make demo`` and ``make ui`` run."""
+    return max(hosts_to_test(), key=lambda host: tuple(int(part) for part in re.findall(r"\d+", host.version)))
 
 
 def host_archive(version: str) -> Path:
@@ -315,8 +321,10 @@ def launch(comfy_args: list[str]) -> None:
     """
     main_py = put_comfy_on_path() / "main.py"
     sys.argv = [str(main_py), *comfy_args]
-    code = compile(main_py.read_text(encoding="utf-8"), str(main_py), "exec")
-    exec(code, {"__name__": "__main__", "__file__": str(Path(__file__).resolve())})
+    spec = importlib.util.spec_from_file_location("__main__", main_py)
+    main = importlib.util.module_from_spec(spec)
+    main.__file__ = str(Path(__file__).resolve())
+    spec.loader.exec_module(main)
 
 
 def server_args(host: Host, base_dir: Path, port: int) -> list[str]:
@@ -341,13 +349,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def prepare_base(base_dir: Path, pack_dir: Path, pack_name: str, checkpoint: Path, links: dict[str, Path] | None = None
-                 ) -> None:
-    """Create ComfyUI's base folder: the pack symlinked into ``custom_nodes``, the tiny checkpoint linked in, and
-    ``links`` (paths under ``base_dir`` -> targets: more packs, model files)."""
+def prepare_base(base_dir: Path, pack_dir: Path | None, pack_name: str, checkpoint: Path,
+                 links: dict[str, Path] | None = None) -> None:
+    """Create ComfyUI's base folder: the pack symlinked into ``custom_nodes`` (``pack_dir`` None: no pack is mounted,
+    as when a test installs it as a user does), the tiny checkpoint linked in, and ``links`` (paths under ``base_dir``
+    -> targets: more packs, model files)."""
     for sub in ("custom_nodes", "models/checkpoints", "input", "output", "temp", "user"):
         (base_dir / sub).mkdir(parents=True, exist_ok=True)
-    relink(base_dir / "custom_nodes" / pack_name, pack_dir.resolve())
+    if pack_dir is not None:
+        relink(base_dir / "custom_nodes" / pack_name, pack_dir.resolve())
     make_tiny_checkpoint(checkpoint)
     relink(base_dir / "models" / "checkpoints" / CHECKPOINT_NAME, checkpoint.resolve())
     for relative, target in (links or {}).items():
@@ -480,19 +490,21 @@ class ComfyServer:
     Use: ``with ComfyServer(tmp / "base", REPO) as comfy: history = comfy.run(graph)``.
 
     ``base_dir`` becomes ComfyUI's ``--base-directory`` (models, custom_nodes, input, output, user, server.log);
-    ``pack_dir`` is symlinked into it as ``custom_nodes/<pack_name>``; ``port`` None picks a free loopback port;
-    ``extra_env`` is added to the server's environment; ``checkpoint`` is where the tiny checkpoint is cached;
-    ``host`` is the ComfyUI to run (default: this interpreter's, see ``default_host``); ``links`` are linked into the
-    base folder (``prepare_base``).
+    ``pack_dir`` is symlinked into it as ``custom_nodes/<pack_name>`` (None: nothing is mounted, custom_nodes keeps
+    what is there); ``port`` None picks a free loopback port; ``extra_env`` is added to the server's environment;
+    ``checkpoint`` is where the tiny checkpoint is cached; ``host`` is the ComfyUI to run (default: this interpreter's,
+    see ``default_host``); ``links`` are linked into the base folder (``prepare_base``); ``extra_args`` are added to
+    ComfyUI's command line (e.g. ``--enable-manager``).
     """
 
-    def __init__(self, base_dir: Path, pack_dir: Path, pack_name: str = PACK_NAME, port: int | None = None,
+    def __init__(self, base_dir: Path, pack_dir: Path | None, pack_name: str = PACK_NAME, port: int | None = None,
                  extra_env: dict | None = None, checkpoint: Path = CACHE / CHECKPOINT_NAME, host: Host | None = None,
-                 links: dict[str, Path] | None = None):
+                 links: dict[str, Path] | None = None, extra_args: list[str] | None = None):
         self.host = host or default_host()
         self.links = links
+        self.extra_args = list(extra_args or [])
         self.base_dir = Path(base_dir).resolve()
-        self.pack_dir = Path(pack_dir)
+        self.pack_dir = None if pack_dir is None else Path(pack_dir)
         self.pack_name = pack_name
         self.port = port
         self.extra_env = extra_env
@@ -523,7 +535,7 @@ class ComfyServer:
         prepare_base(self.base_dir, self.pack_dir, self.pack_name, self.checkpoint, self.links)
         self.port = self.port or free_port()
         command = [str(self.host.python), str(Path(__file__).resolve()), "launch",
-                   *server_args(self.host, self.base_dir, self.port)]
+                   *server_args(self.host, self.base_dir, self.port), *self.extra_args]
         began = time.perf_counter()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -912,7 +924,7 @@ def tiny_api_graph(workflow: dict, object_info: dict) -> dict:
 def serve_ui(port: int) -> None:
     """``make ui``: ComfyUI on 127.0.0.1:port in the foreground, base folder ``.cache/ui_base``."""
     base_dir = CACHE / "ui_base"
-    host = hosts_to_test()[-1]
+    host = newest_host()
     prepare_base(base_dir, REPO, PACK_NAME, CACHE / CHECKPOINT_NAME)
     write_example_image(base_dir / "input" / EXAMPLE_IMAGE)
     print(f"{host.id} with {PACK_NAME} on http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)

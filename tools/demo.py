@@ -24,8 +24,9 @@ from bench import polaris, testbed4, vrg  # noqa: E402
 from bench.inversion import STEP_COUNTS, reconstruction_table  # noqa: E402
 from tools.comfy_host import (  # noqa: E402
     ComfyServer,
-    default_host,
+    Host,
     family_links,
+    newest_host,
     tiny_api_graph,
     why_host_cannot_run,
     write_example_image,
@@ -39,14 +40,13 @@ def psnr(a: Path, b: Path) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def run_workflows(out: Path) -> list[dict]:
+def run_workflows(out: Path, host: Host) -> list[dict]:
     """Queue each workflow of ``workflows/`` on one live server; copy its images; time it; compare input vs output.
 
     The server carries the tiny SD1.5 checkpoint and the tiny files of the model families it loads, with seeded
     conditioning in place of their text encoders (``tiny_api_graph``); a workflow whose family's tiny file does not
     load on this host is skipped, and its row says why."""
     rows = []
-    host = default_host()
     with ComfyServer(out / "comfy_base", REPO, host=host, links=family_links(host)) as server:
         write_example_image(server.base_dir / "input" / "error_control_example.png")
         object_info = server.object_info()
@@ -108,7 +108,8 @@ def workflow_row(row: dict) -> str:
     return f"| {row['workflow']} | {row['seconds']:.1f} | {row['images']} | {psnr_db} |"
 
 
-def write_metrics(out: Path, testbed: list[dict], polaris_rows: list[dict], vrg_tables: dict, workflows: list[dict]) -> Path:
+def write_metrics(out: Path, testbed: list[dict], polaris_rows: list[dict], vrg_tables: dict, workflows: list[dict],
+                  host_id: str) -> Path:
     lines = ["# Demo metrics", "", f"{time.strftime('%Y-%m-%d %H:%M')}, {sys.platform}, CPU", "",
              "## DDIM inversion on the analytic testbed (16-d Gaussian mixture, exact denoiser, cfg 1, 256 samples)", "",
              "| family | model evaluated at | steps | reconstruction MSE | ± std |", "|---|---|---|---|---|"]
@@ -118,7 +119,7 @@ def write_metrics(out: Path, testbed: list[dict], polaris_rows: list[dict], vrg_
     for key, title in VRG_TABLES.items():
         lines += ["", f"## {title}", "", "Analytic testbed, quick setting of bench/vrg.py (2000 samples, 3 seeds).", "",
                   vrg.markdown_table(vrg_tables[key])]
-    lines += ["", f"## Example workflows on {default_host().id} with tiny random-weight model files", "",
+    lines += ["", f"## Example workflows on {host_id} with tiny random-weight model files", "",
               "SD1.5 examples on the tiny SD1.5 checkpoint; Flux, SD3.5 and Wan examples on tiny files of those families "
               "with seeded conditioning in place of their text encoders (none is small enough). The tiny models draw no "
               "meaningful pictures: these rows show the graphs run and what inversion loses.", "",
@@ -138,7 +139,8 @@ def main() -> None:
     testbed = reconstruction_table()
     plot_inversion(testbed, out / "ddim_inversion_testbed.png")
     polaris_rows = polaris.reconstruction_rows(samples=32, steps=(10, 20))
-    metrics = write_metrics(out, testbed, polaris_rows, vrg.run(vrg.QUICK), run_workflows(out))
+    host = newest_host()
+    metrics = write_metrics(out, testbed, polaris_rows, vrg.run(vrg.QUICK), run_workflows(out, host), host.id)
     pictures = testbed4.demo_pictures(out / "testbed4")
     print(metrics.read_text())
     print(f"demo: images in {out / 'images'}, plot {out / 'ddim_inversion_testbed.png'}, table {metrics}, "
