@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 from playwright import sync_api as playwright
+from playwright.sync_api import expect
 
 from tools.comfy_host import (
     CACHE,
@@ -207,11 +208,11 @@ def test_expert_inputs_fold_away_and_the_search_finds_nodes_by_alias(chromium, c
             button = page.locator('[data-testid="advanced-inputs-button"]')
             button.wait_for(timeout=30_000)
             node = page.locator("[data-node-id]").filter(has_text="Noise Awareness Guidance")
-            assert node.get_by_text("strength", exact=True).is_visible()
-            assert not node.get_by_text("delta", exact=True).is_visible()
+            expect(node.get_by_text("strength", exact=True)).to_be_visible(timeout=30_000)
+            expect(node.get_by_text("delta", exact=True)).not_to_be_visible(timeout=30_000)
             button.click()
-            node.get_by_text("delta", exact=True).wait_for(timeout=10_000)
-            assert node.get_by_text("start_percent", exact=True).is_visible()
+            expect(node.get_by_text("delta", exact=True)).to_be_visible(timeout=30_000)
+            expect(node.get_by_text("start_percent", exact=True)).to_be_visible(timeout=30_000)
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / f"advanced_inputs_{comfy.host.id}.png"))
             page.evaluate("() => app.graph.clear()")
