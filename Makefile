@@ -1,7 +1,7 @@
 # Two commands for a fresh machine: `make demo` and `make test` (README). Both create .venv first if it is missing.
 PY := .venv/bin/python
 
-.PHONY: venv demo test soak unit host lint ui bench bench-quick device-check device-check-dry clean
+.PHONY: venv demo test soak unit host lint validate ui bench bench-quick device-check device-check-dry clean
 
 venv:
 	bash tools/bootstrap.sh
@@ -23,6 +23,10 @@ host: venv
 
 lint: venv
 	$(PY) -m ruff check .
+
+# The Comfy Registry's own pre-publish check (comfy-cli in .venv-cli): it must pass with no warning.
+validate: venv
+	.venv-cli/bin/comfy --skip-prompt --no-enable-telemetry node validate
 
 bench: venv
 	$(PY) -m bench
