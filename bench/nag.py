@@ -1,5 +1,6 @@
-"""Noise Awareness Guidance (METHODS.md "NAG") on the analytic testbed (EVAL.md, Testbed 1): noise shift and sample quality
-against plain CFG at equal steps and at equal model cost.
+"""Noise Awareness Guidance (docs/methods.md#noise-awareness-guidance) on the analytic testbed
+(docs/evaluation.md#testbed-1-analytic-mixture): noise shift and sample quality against plain CFG at equal steps and at equal
+model cost.
 
 Class-conditional sampling (class 1 of the d = 16 mixture) with CFG, 10-step DDIM/Euler (Karras for EPS, uniform s for
 flow), from the same starting noise for every variant. Two imperfect models, each as a cond/uncond pair:

@@ -1,4 +1,4 @@
-"""The peers a ComfyUI user would pick instead of this pack's methods (EVAL.md, "Baselines and peers"): bench only.
+"""The peers a ComfyUI user would pick instead of this pack's methods (docs/evaluation.md#baselines-and-peers): bench only.
 
 Written from the papers and from ComfyUI's own code paths (ComfyUI 0.33.0, ``comfy_extras/`` and ``comfy/samplers.py``;
 ``tests/host/test_peers_match_comfy.py`` runs ComfyUI's functions next to these on both hosts). Conventions are those of

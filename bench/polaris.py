@@ -1,6 +1,7 @@
 """POLARIS against the inversion baselines on the analytic testbed: reconstruction MSE after invert → denoise.
 
-Baselines (EVAL.md, METHODS.md "POLARIS"), all deterministic DDIM/Euler on the same levels and the same x0:
+Baselines (docs/evaluation.md#baselines-and-peers, docs/methods.md#polaris), all deterministic DDIM/Euler on the same levels and
+the same x0:
 
 * ``standard``: inversion at cfg 1, reconstruction at the user's cfg (the common recipe);
 * ``cfg w → w``: both passes at the user's cfg;

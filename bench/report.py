@@ -1,5 +1,5 @@
-"""``python -m bench [--quick]``: every method against its baselines and peers on the three testbeds (EVAL.md), written to
-``bench/out/REPORT.md`` with PNG plots beside it.
+"""``python -m bench [--quick]``: every method against its baselines and peers on the three testbeds (docs/evaluation.md), written
+to ``bench/out/REPORT.md`` with PNG plots beside it.
 
 Testbed 1 is the analytic Gaussian mixture (``bench/testbeds/gmm.py``), testbed 2 the digits models
 (``bench/testbeds/digits.py``; trained once and cached, skipped in quick mode), testbed 3 the tiny SD1.5 checkpoint in

@@ -1,5 +1,6 @@
-"""Testbed 4 (EVAL.md): every method of the pack against its baseline and the best peers a ComfyUI user would pick, on the
-class-conditional U-Net of 32×32 RGB photo patches (``bench/testbeds/patches.py``, d = 3072), EPS and flow twins.
+"""Testbed 4 (docs/evaluation.md#testbed-4-photo-patches): every method of the pack against its baseline and the best peers a
+ComfyUI user would pick, on the class-conditional U-Net of 32×32 RGB photo patches (``bench/testbeds/patches.py``, d = 3072), EPS
+and flow twins.
 
 Each table is mean ± std over seeds (a seed draws the starting noise, or picks a disjoint part of the held-out patches);
 within a seed every variant starts from the same noise. NFE (network evaluations per sample, cond and uncond 1 each) is
@@ -195,9 +196,9 @@ def inversion_recipes(x0: Tensor, noise: Tensor, steps: int, scale: float, flow:
     """Every invert → denoise recipe at ``steps`` and the user's cfg ``scale``, by name: (role, recipe).
 
     POLARIS (arXiv 2512.00369) replays its own ω (the user's cfg unused, as the authors); "+ blend" adds ``cfg - 1``
-    (METHODS.md, for edits). Standard: DDIM inversion at cfg 1 (diffusers' evaluation point for EPS, ``eval_at="auto"``),
-    denoising at cfg w. FlipSigmas + euler: the same as ComfyUI runs it (model at the current level). Unsampler:
-    ComfyUI_Noise's node, both ways at cfg w (EPS only). RF-Inversion (Rout et al. 2024): the null-prompt model's
+    (docs/methods.md#polaris-choices, for edits). Standard: DDIM inversion at cfg 1 (diffusers' evaluation point for EPS,
+    ``eval_at="auto"``), denoising at cfg w. FlipSigmas + euler: the same as ComfyUI runs it (model at the current level).
+    Unsampler: ComfyUI_Noise's node, both ways at cfg w (EPS only). RF-Inversion (Rout et al. 2024): the null-prompt model's
     controlled forward ODE to ``noise`` (γ 0.5), then the controlled reverse ODE towards x0 (η 0.9, first quarter).
     """
     sigmas = schedule(steps, flow)

@@ -1,4 +1,5 @@
-"""VRG (METHODS.md "VRG") on the analytic testbed (EVAL.md, Testbed 1): profile check, CPE before/after, sample quality.
+"""VRG (docs/methods.md#vrg) on the analytic testbed (docs/evaluation.md#testbed-1-analytic-mixture): profile check, CPE
+before/after, sample quality.
 
 Three tables, each a list of dicts:
 
@@ -8,8 +9,8 @@ Three tables, each a list of dicts:
   shift 3) at 10 and 20 steps, before and after ``optimize_sigmas`` with the imperfect denoiser's measured profile.
 * :func:`sample_rows`: DDIM from the same starting noise with the base and the VRG schedule (same NFE), for the trained
   MLP and for the exact denoiser plus independent zero-mean error of a chosen profile (the error model VRG assumes).
-  Metrics: exact NLL of samples (reported, not headlined: EVAL.md), per-dim MSE to a high-accuracy solution of the same
-  ODE from the same noise with the same (error-free) denoiser ("err"), the same for the error-free denoiser on the same
+  Metrics: exact NLL of samples (reported, not headlined: docs/evaluation.md#metrics), per-dim MSE to a high-accuracy solution of
+  the same ODE from the same noise with the same (error-free) denoiser ("err"), the same for the error-free denoiser on the same
   schedule ("disc": the discretisation part; err - disc is the part VRG's model describes), and sliced W2 to true
   samples; mean ± std over seeds.
 

@@ -1,1 +1,1 @@
-"""ComfyUI adapters of the pack: thin nodes over ``samplers/`` (see DESIGN.md)."""
+"""ComfyUI adapters of the pack: thin nodes over ``samplers/`` (see docs/contributing.md#rooms-and-allowed-imports)."""

@@ -48,7 +48,7 @@ def noise_to(x0: Tensor, eps: Tensor, sigma: Tensor, flow: bool = False) -> Tens
 
 
 def eps_from_denoised(x: Tensor, denoised: Tensor, sigma: Tensor, flow: bool = False) -> Tensor:
-    """Noise implied by a prediction: ``ε̂ = (x - a(σ)·x̂0) / σ`` (DESIGN.md). σ must be > 0."""
+    """Noise implied by a prediction: ``ε̂ = (x - a(σ)·x̂0) / σ`` (docs/methods.md#conventions). σ must be > 0."""
     sigma = append_dims(sigma, x.ndim)
     return (x - alpha(sigma, flow) * denoised) / sigma
 
@@ -114,7 +114,7 @@ def conditional_pair(denoiser: Denoiser) -> PairDenoiser:
 
 
 def flow_to_ve(x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-    """Map a flow state at level ``s`` to VE: ``σ_ve = s/(1-s)``, ``x_ve = x/(1-s)`` (METHODS.md)."""
+    """Map a flow state at level ``s`` to VE: ``σ_ve = s/(1-s)``, ``x_ve = x/(1-s)`` (docs/methods.md#conventions)."""
     return x / append_dims(1.0 - s, x.ndim), s / (1.0 - s)
 
 

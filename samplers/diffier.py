@@ -1,5 +1,5 @@
 """DiffIER (Chen, Ding, Xue 2025, "DiffIER: Optimizing Diffusion Models with Iterative Error Reduction", arXiv 2508.13628),
-**reconstructed from the paper's abstract** (METHODS.md "DiffIER"): the method section was not reachable, so the error
+**reconstructed from the paper's abstract** (docs/methods.md#diffier): the method section was not reachable, so the error
 definition and the iteration below are this pack's reading, chosen by measurement on the analytic testbed
 (``bench/diffier.py``), not the authors' equations.
 
@@ -19,7 +19,7 @@ level, ``D_w(x', σ')``, says how far that assumption is off:
 Along a plain run ``‖r‖/a(σ') = ‖x̂0_{i+1} - x̂0_i‖``, the drift of consecutive predictions, which every sampler callback
 sees: :func:`prediction_drift` is the gap diagnostic computable from the model alone at no extra cost.
 
-The reduction (reading C of METHODS.md, the winner on the testbed against reading A, a fixed-point correction of x'):
+The reduction (reading C of docs/methods.md#diffier, the winner on the testbed against reading A, a fixed-point correction of x'):
 the guidance weight of each step is the one whose clean estimate best agrees with the model's guided prediction at the
 step's own next state, in closed form (least squares along ``Δ = D_c - D_u``, per sample),
 

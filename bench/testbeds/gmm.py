@@ -1,4 +1,5 @@
-"""Testbed 1 (EVAL.md): a class-conditional isotropic Gaussian mixture, its exact denoiser and imperfect variants of it.
+"""Testbed 1 (docs/evaluation.md#testbed-1-analytic-mixture): a class-conditional isotropic Gaussian mixture, its exact denoiser
+and imperfect variants of it.
 
 Data ``x0 ~ Σ_k π_k N(μ_k, s_k² I)``; each component belongs to one class, the unconditional model is the marginal.
 For the state ``x = a(σ)·x0 + σ·ε`` (``a = 1`` for EPS/VE, ``a = 1 - σ`` for flow; samplers/core.py):
@@ -10,9 +11,9 @@ For the state ``x = a(σ)·x0 + σ·ε`` (``a = 1`` for EPS/VE, ``a = 1 - σ`` f
 D* is the posterior mean, the minimiser of the x0-MSE, so any other denoiser is an imperfect one. The written form of
 E[x0 | x, k] is exact at both ends: ``x/a`` at σ = 0 and ``μ_k`` at a = 0 (flow, s = 1), where ``r_k = π_k``.
 
-Imperfect denoisers with a knob (EVAL.md): :class:`ErrorField` (smooth injected error), :meth:`GaussianMixture.scaled`
-(variance mis-specification), :func:`miscalibrated` (noise-level miscalibration) and :func:`train_mlp_denoiser` (a
-small trained network, natural errors).
+Imperfect denoisers with a knob (docs/evaluation.md#testbed-1-analytic-mixture): :class:`ErrorField` (smooth injected error),
+:meth:`GaussianMixture.scaled` (variance mis-specification), :func:`miscalibrated` (noise-level miscalibration) and
+:func:`train_mlp_denoiser` (a small trained network, natural errors).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class GaussianMixture:
         return int(self.labels.max()) + 1
 
     def scaled(self, factor: float) -> GaussianMixture:
-        """The same mixture with every ``s_k`` times ``factor``: an under-dispersed model for ``factor < 1`` (EVAL.md 2)."""
+        """The same mixture with every ``s_k`` times ``factor``: an under-dispersed model for ``factor < 1``
+        (docs/evaluation.md#testbed-1-analytic-mixture, knob 2)."""
         return GaussianMixture(self.means, self.stds * factor, self.weights, self.labels)
 
     def log_prior(self, cls: Classes = None) -> Tensor:
@@ -187,16 +189,16 @@ def make_mixture(dim: int, n_classes: int, components_per_class: int, seed: int,
 
 class NoisePosterior:
     """The exact noise posterior ``log p(σ | x)`` of a mixture: the oracle noise-level estimator of classifier-based Noise
-    Awareness Guidance (arXiv 2510.12497; METHODS.md "NAG"), a ``samplers.nag.NoiseEstimator``.
+    Awareness Guidance (arXiv 2510.12497; docs/methods.md#estimator-mode), a ``samplers.nag.NoiseEstimator``.
 
         log p_σ(x) = logsumexp_k [log π_k + log N(x; a(σ)·μ_k, (a(σ)²·s_k² + σ²)·I)]
         log p(σ | x) = log p_σ(x) - log ∫ p_σ'(x) dλ',    λ = log σ_ve
 
-    A density in ``λ = log σ_ve`` under a prior uniform in λ on ``[sigma_min, sigma_max]`` (VE levels; EVAL.md's
-    log-uniform prior on a grid), so it is defined at any σ in that range, not only on the grid. The normaliser is the
-    trapezoid rule on ``points`` levels equally spaced in λ: spacing 0.021 at the defaults, about the posterior's width at
-    high σ for d = 1024 (``√(1/(2d))`` in λ), where the rule's error on a Gaussian bump is ``~e^(-2π²)``; below the data's
-    scale the likelihood is flat down to the range's end, hence trapezoid end weights.
+    A density in ``λ = log σ_ve`` under a prior uniform in λ on ``[sigma_min, sigma_max]`` (VE levels; the
+    log-uniform prior on a grid of docs/methods.md#estimator-mode), so it is defined at any σ in that range, not only on the grid.
+    The normaliser is the trapezoid rule on ``points`` levels equally spaced in λ: spacing 0.021 at the defaults, about the
+    posterior's width at high σ for d = 1024 (``√(1/(2d))`` in λ), where the rule's error on a Gaussian bump is ``~e^(-2π²)``;
+    below the data's scale the likelihood is flat down to the range's end, hence trapezoid end weights.
 
     Every level shares ``x·μ_k`` (``‖x - a·μ_k‖²`` expanded), so the grid costs ``[B, levels, K]`` scalars, not a pass
     over ``d`` per level. Differentiable in ``x``; computed in the mixture's dtype.
@@ -251,13 +253,15 @@ class NoisePosterior:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Imperfect denoisers with a knob (EVAL.md, Testbed 1: 1 error field, 2 GaussianMixture.scaled, 3 miscalibrated, 4 MLP)
+# Imperfect denoisers with a knob (docs/evaluation.md#testbed-1-analytic-mixture): 1 error field,
+# 2 GaussianMixture.scaled, 3 miscalibrated, 4 MLP
 
 
 class ErrorField:
-    """A smooth, deterministic, σ-dependent error ``e(x, σ) = m(σ)·B·tanh(W·u + b)`` added to x̂0 (EVAL.md, knob 1).
+    """A smooth, deterministic, σ-dependent error ``e(x, σ) = m(σ)·B·tanh(W·u + b)`` added to x̂0
+    (docs/evaluation.md#testbed-1-analytic-mixture, knob 1).
 
-    * ``u = x / √(a² + σ²)``: the state at unit scale. In VE it is EVAL.md's ``x/√(1+σ²)`` (an EPS network's input); for
+    * ``u = x / √(a² + σ²)``: the state at unit scale. In VE it is ``x/√(1+σ²)`` (an EPS network's input); for
       flow it is the same quantity of the mapped VE state, so ``e_flow(x, s) = e_ve(x/(1-s), s/(1-s))`` and the flow
       model equals the VE model through samplers.core.flow_to_ve, like the exact denoisers.
     * ``m(σ) = amplitude·σ_ve/√(σ_ve² + knee²) = amplitude·σ/√(σ² + knee²·a²)``: the shape of EDM's ``c_out``
@@ -293,7 +297,7 @@ class ErrorField:
 def perturbed_pair(pair_denoiser: PairDenoiser, dim: int, seed: int, amplitude: float, flow: bool = False,
                    **field_options: float) -> PairDenoiser:
     """``(D_c + e_c, D_u + e_u)`` with independent fields (seeds ``2·seed``, ``2·seed + 1``): CFG amplifies their
-    difference, as with real models (EVAL.md). ``field_options`` go to :class:`ErrorField`."""
+    difference, as with real models (docs/evaluation.md#principles). ``field_options`` go to :class:`ErrorField`."""
     cond = ErrorField(dim, 2 * seed, amplitude, **field_options)
     uncond = ErrorField(dim, 2 * seed + 1, amplitude, **field_options)
 
@@ -305,7 +309,8 @@ def perturbed_pair(pair_denoiser: PairDenoiser, dim: int, seed: int, amplitude: 
 
 
 def miscalibrated(denoiser: Callable, kappa: float | Callable[[Tensor], Tensor], flow: bool = False) -> Callable:
-    """The model believes the wrong noise level (EVAL.md, knob 3): ``D(x, σ̃)`` with ``σ̃_ve = σ_ve·(1 + κ)``.
+    """The model believes the wrong noise level: ``D(x, σ̃)`` with ``σ̃_ve = σ_ve·(1 + κ)``
+    (docs/evaluation.md#testbed-1-analytic-mixture, knob 3).
 
     VE: ``σ̃ = σ·(1 + κ)``. Flow: the same miscalibration of the VE level, ``s̃ = s(1+κ)/(1+κs)``, which stays in [0, 1]
     (s = 1 maps to 1). ``kappa`` (> -1) is a number or a function of σ (the denoiser's own level, ``[B]``). Works for a
@@ -340,7 +345,8 @@ class LabelledDenoiser:
 
 
 class MLPDenoiser(LabelledDenoiser, nn.Module):
-    """A small x0-predicting MLP with EDM preconditioning written for ``x = a·x0 + σ·ε`` (EVAL.md, knob 4):
+    """A small x0-predicting MLP with EDM preconditioning written for ``x = a·x0 + σ·ε``
+    (docs/evaluation.md#testbed-1-analytic-mixture, knob 4):
 
         D(x, σ, c) = c_skip·x + c_out·F(c_in·x, c_noise, c)
         c_in = 1/√(a²σ_d² + σ²),  c_skip = a·σ_d²/(a²σ_d² + σ²),  c_out = σ·σ_d/√(a²σ_d² + σ²)

@@ -1,4 +1,5 @@
-"""Testbed 4 (EVAL.md): a class-conditional U-Net diffusion model of 32×32 RGB patches (d = 3072) of real photos.
+"""Testbed 4 (docs/evaluation.md#testbed-4-photo-patches): a class-conditional U-Net diffusion model of 32×32 RGB patches
+(d = 3072) of real photos.
 
 * Data: ten photos bundled inside scikit-image's wheel (no download), each downscaled to a short side of 256 pixels and
   scaled to ``[-1, 1]``; the class of a patch is its source photo. A fixed vertical strip at the right of every photo

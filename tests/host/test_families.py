@@ -35,7 +35,7 @@ FOREIGN_LATENT = {  # a latent of another family: 16-channel image into SDXL, 4-
 def family(request, comfy) -> str:
     if not host_supports(request.param, comfy.host.version):
         pytest.skip(f"{request.param}'s tiny file does not load on {comfy.host.id} (needs ComfyUI "
-                    f"{FAMILIES[request.param].min_comfyui}; HOST.md)")
+                    f"{FAMILIES[request.param].min_comfyui}; docs/contributing.md#the-hosts)")
     return request.param
 
 

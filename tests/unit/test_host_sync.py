@@ -1,5 +1,6 @@
-"""No host read per step in the sampling loops of ``samplers/`` (DESIGN.md): on CUDA a read of a device tensor
-(``.item()``, ``float()``, ``bool()``, ``.tolist()``, ``.cpu()``) stalls the host until the GPU catches up, every step.
+"""No host read per step in the sampling loops of ``samplers/`` (docs/contributing.md#rules-of-the-code): on CUDA a read of a
+device tensor (``.item()``, ``float()``, ``bool()``, ``.tolist()``, ``.cpu()``) stalls the host until the GPU catches up, every
+step.
 
 Every read is counted through a torch function mode while a loop runs at two step counts: the count must not grow with
 the steps. (A read before or after the loop, e.g. one NaN check at the end, is fine.) Noise Awareness Guidance decides

@@ -170,7 +170,8 @@ def test_error_field_profile_identities_and_determinism(mixture):
     x, _ = forward(mixture, 2000, 0.0, seed=10)
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(11), dtype=F64)
     assert (field(x, 0.0) == 0).all()  # no error at σ = 0, like any c_skip/c_out-preconditioned network
-    # eps-MSE largest at small σ and falling (EVAL.md's realistic profile); x0 error finite, non-zero, saturating.
+    # eps-MSE largest at small σ and falling (the realistic profile of docs/evaluation.md#testbed-1-analytic-mixture); x0 error
+    # finite, non-zero, saturating.
     grid = [0.05, 0.5, 2.0, 10.0, 50.0]
     x0_mse = torch.stack([field(x + s * eps, s).pow(2).mean() for s in grid])
     eps_mse = x0_mse / torch.tensor(grid, dtype=F64) ** 2

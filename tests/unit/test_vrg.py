@@ -55,7 +55,7 @@ def ratios(sigmas: torch.Tensor, flow: bool) -> torch.Tensor:
 
 
 def loss(sigmas: torch.Tensor, base: torch.Tensor, profile: vrg.ErrorProfile, anchor_weight: float = 100.0) -> float:
-    """VRG's loss (METHODS.md): CPE + λ·(ᾱ_noisiest - ᾱ_noisiest_base)²."""
+    """VRG's loss (docs/methods.md#vrg-optimisation): CPE + λ·(ᾱ_noisiest - ᾱ_noisiest_base)²."""
     miss = core.alpha_bar(sigmas[0], profile.flow) - core.alpha_bar(base[0], profile.flow)
     return float(vrg.cumulative_error(sigmas, profile) + anchor_weight * miss**2)
 
