@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -254,19 +255,72 @@ def sample_with(guider: comfy.samplers.CFGGuider, latent: Tensor, sigmas: Tensor
     return samples.to(comfy.model_management.intermediate_device())
 
 
+class _DenoiserModel:
+    """The wrapped model as a k-diffusion sampler function calls it, answering with ``denoiser`` (so a wrapper around it
+    sees every call); every other attribute (``inner_model``, ...) is the wrapped model's."""
+
+    def __init__(self, denoiser: Denoiser, model):
+        self.denoiser, self.model = denoiser, model
+
+    def __call__(self, x: Tensor, sigma: Tensor, **_) -> Tensor:
+        return self.denoiser(x, sigma)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
+def host_sampler(sampler_name: str, model, extra_args: dict | None) -> Callable[[Denoiser, Tensor, Tensor], Tensor]:
+    """ComfyUI's KSampler sampler ``sampler_name`` as ``(D, x, sigmas) -> x`` over the wrapped model a sampler function
+    receives, with float32 levels on ``x``'s device as ComfyUI passes them, no progress bar of its own."""
+    ksampler = comfy.samplers.sampler_object(sampler_name)
+
+    def run(denoiser: Denoiser, x: Tensor, sigmas: Tensor) -> Tensor:
+        return ksampler.sampler_function(_DenoiserModel(denoiser, model), x, sigmas.to(x.device, torch.float32),
+                                         extra_args=dict(extra_args or {}), callback=None, disable=True,
+                                         **ksampler.extra_options)
+
+    return run
+
+
 def with_guided_denoiser(model_patcher, positive, negative, cfg: float, latent: Tensor, seed: int,
-                         work: Callable[[Denoiser, Tensor], None]) -> None:
+                         work: Callable[..., None], sampler_name: str | None = None) -> None:
     """Run ``work(D, x0)`` inside ComfyUI's own sampling setup (:func:`sample_with`, cfg applied); ``x0`` is ``latent``
-    in the model's latent space.
+    in the model's latent space. With ``sampler_name`` it runs ``work(D, x0, sampler)``, ``sampler`` being
+    :func:`host_sampler`.
 
     The measurement runs as the sampler of a zero-step-size schedule ``[0, 0]``, at which ComfyUI's noise scaling leaves
     the latent as it is for every model family.
     """
     def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
-        work(sampler_denoiser(model, extra_args), x)
+        sampler = () if sampler_name is None else (host_sampler(sampler_name, model, extra_args),)
+        work(sampler_denoiser(model, extra_args), x, *sampler)
         return x
 
     sample_with(cfg_guider(model_patcher, positive, negative, cfg), latent, torch.zeros(2), sampler_function, False, seed)
+
+
+def sampler_names() -> list[str]:
+    """The KSampler's sampler names on this host."""
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+TABLE_SCHEDULERS = {"AYS": ("nodes_align_your_steps", "AlignYourStepsScheduler", {"SD15": "SD1", "SDXL": "SDXL"}),
+                    "GITS": ("nodes_gits", "GITSScheduler", {"SD15": 1.20}),
+                    "OptimalSteps": ("nodes_optimalsteps", "OptimalStepsScheduler",
+                                     {"Flux": "FLUX", "WAN21": "Wan", "WAN22": "Wan", "Chroma": "Chroma"})}
+"""ComfyUI's table schedulers (comfy_extras node, first argument per model family: the supported-model class, else the
+model class, so that SDXL's smaller classes such as KOALA or SSD-1B count as SDXL) a family has a table for."""
+
+
+def table_schedules(model_patcher, steps: int) -> dict[str, Tensor]:
+    """The AYS / GITS / OptimalSteps schedules ComfyUI's own nodes give for this model's family at ``steps``, by name."""
+    out, names = {}, (model_family(model_patcher), type(model_patcher.model).__name__)
+    for name, (module, node, families) in TABLE_SCHEDULERS.items():
+        table = next((families[n] for n in names if n in families), None)
+        if table is not None:
+            result = getattr(importlib.import_module(f"comfy_extras.{module}"), node).execute(table, steps, 1.0)
+            out[f"{name} ({table})"] = (result.result if hasattr(result, "result") else result)[0].cpu()
+    return out
 
 
 def sampling_fingerprint(model_sampling) -> str:

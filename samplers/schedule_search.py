@@ -8,22 +8,24 @@ and its error is
 
     err(σ) = mean over the bank and all dims of (x_σ - x_fine)²
 
-where ``x_fine`` is a fine solve of the same model from the same start (the probability-flow ODE, the same sampler on
-a fine schedule, :func:`fine_schedule`). The pick is the candidate of lowest error; a tie keeps the earlier candidate,
-and every base comes before its VRG variant, so VRG is kept only where it measured better than its base. Nothing is
-fitted on the bank (the candidates are fixed before it is drawn), so it is not split; the pick's own error on it is
-the minimum of several noisy estimates and hence slightly optimistic.
+where ``x_fine`` is a fine solve of the same model from the same noise (the probability-flow ODE, the same sampler on
+a fine schedule, :func:`fine_schedule`) from the highest σ_0 of the candidates: a candidate that starts lower (ComfyUI's
+``ddim_uniform`` starts below σ_max) samples from less noise than the others and pays for it here. The pick is the
+candidate of lowest error; a tie keeps the earlier candidate, and every base comes before its VRG variant, so VRG is
+kept only where it measured better than its base. Nothing is fitted on the bank (the candidates are fixed before it is
+drawn), so it is not split; the pick's own error on it is the minimum of several noisy estimates, slightly optimistic.
 
-Stability, measured on the unit tests' mixture (d = 16, 10 Euler steps, the exact denoiser plus a smooth error field,
-its own profile, 6 EPS bases + VRG, 2 flow bases + VRG): with banks of 4 / 8 / 16 / 32 / 64 samples, the picks of 20
-bank seeds agreed with a 4096-sample bank's 16 / 18 / 19 / 20 / 20 times on EPS (a wrong pick at most 9 % worse) and
-20 times at every size on flow. :data:`DEFAULT_BANK` follows from that.
+Stability, measured on mixtures of the unit tests' kind (10 Euler steps, the exact denoiser plus a smooth error field,
+its own profile; 6 EPS bases + VRG, 2 flow bases + VRG; 20 bank seeds, each pick against a 2048–4096-sample bank's):
+at d = 16, banks of 4 / 8 / 16 / 32 / 64 samples agreed 16 / 18 / 19 / 20 / 20 times on EPS (a wrong pick at most 9 %
+worse) and 20 times at every size on flow; at d = 1024 (EPS), banks of 8 / 32 / 64 agreed 16 / 20 / 20 times (a wrong
+pick up to 35 % worse at 8). A larger latent does not make a small bank safe: :data:`DEFAULT_BANK` is 32.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -37,7 +39,7 @@ Sampler = Callable[[Denoiser, Tensor, Tensor], Tensor]
 
 VRG_SUFFIX = "+vrg"
 DEFAULT_BANK = 32
-"""Noise samples the search measures on by default: the smallest bank whose pick was stable (module doc)."""
+"""Noise samples the search measures on by default: the smallest bank whose pick agreed 20 of 20 times (module doc)."""
 FINE_FACTOR = 8
 """The fine solve takes this many times the candidates' steps (at least :data:`FINE_MIN` steps)."""
 FINE_MIN = 64
@@ -47,12 +49,20 @@ KARRAS_RHO = 7.0
 @dataclass(frozen=True)
 class ScheduleChoice:
     """The search's result: the chosen candidate's ``name`` and ``sigmas``, every candidate's measured ``errors``
-    (name → mean squared distance to the fine solve), and the ``model_calls`` (denoiser calls) the search took."""
+    (name → mean squared distance to the fine solve), the ``model_calls`` (denoiser calls) the search took, and every
+    measured schedule by name (``candidates``, VRG variants included)."""
 
     name: str
     sigmas: Tensor
     errors: dict[str, float]
     model_calls: int = 0
+    candidates: dict[str, Tensor] = field(default_factory=dict)
+
+    def record(self, sampler: str, bank: int) -> dict:
+        """The JSON entry an :class:`ErrorProfile` stores under its step count (``ErrorProfile.schedules``)."""
+        return {"name": self.name, "sigmas": self.sigmas.double().tolist(), "errors": dict(self.errors),
+                "candidates": {k: v.double().tolist() for k, v in self.candidates.items()}, "sampler": sampler,
+                "bank": bank}
 
 
 def euler(flow: bool) -> Sampler:
@@ -105,25 +115,22 @@ def schedule_errors(denoiser: Denoiser, noise: Tensor, candidates: Mapping[str, 
                     sampler: Sampler, fine_steps: int, batch_size: int,
                     callback: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Each candidate's mean squared distance to the fine solve (:func:`fine_schedule`, ``fine_steps``, the same
-    ``sampler``) from ``σ_0·noise``, over ``batch_size`` noise samples at a time; one fine solve per distinct σ_0.
-    ``callback(done, total)`` runs after each sampler run."""
+    ``sampler``) from the highest σ_0, each candidate run from its own ``σ_0·noise``, over ``batch_size`` noise
+    samples at a time. ``callback(done, total)`` runs after each sampler run."""
     low = min(float(sigmas[-2]) for sigmas in candidates.values())
-    tops = sorted({float(sigmas[0]) for sigmas in candidates.values()})
+    top = max(float(sigmas[0]) for sigmas in candidates.values())
     chunks = range(0, len(noise), batch_size)
-    total, done = len(chunks) * (len(tops) + len(candidates)), 0
+    total, done = len(chunks) * (1 + len(candidates)), 0
     sums = dict.fromkeys(candidates, 0.0)
+    runs = [("fine", fine_schedule(top, low, fine_steps, flow)), *candidates.items()]
     for start in chunks:
-        part = noise[start:start + batch_size]
-        fine = {}
-        for top in tops:
-            fine[top] = sampler(denoiser, noise_to(torch.zeros_like(part), part, torch.tensor(top, dtype=torch.float64), flow),
-                                fine_schedule(top, low, fine_steps, flow).to(part.device))
-            done += 1
-            if callback is not None:
-                callback(done, total)
-        for name, sigmas in candidates.items():
+        part, fine = noise[start:start + batch_size], None
+        for name, sigmas in runs:
             x = sampler(denoiser, noise_to(torch.zeros_like(part), part, sigmas[0], flow), sigmas.to(part.device))
-            sums[name] += float((x.double() - fine[float(sigmas[0])].double()).square().sum())
+            if fine is None:
+                fine = x.double()
+            else:
+                sums[name] += float((x.double() - fine).square().sum())
             done += 1
             if callback is not None:
                 callback(done, total)
@@ -150,4 +157,33 @@ def choose_schedule(denoiser: Denoiser, noise: Tensor, candidates: Mapping[str, 
     errors = schedule_errors(_counted(denoiser, calls), noise, named, flow, sampler or euler(flow),
                              fine_steps or max(FINE_MIN, FINE_FACTOR * steps), batch_size or len(noise), callback)
     best = min(errors, key=errors.__getitem__)  # the first of equals: a base before its VRG variant
-    return ScheduleChoice(best, named[best], errors, calls[0])
+    return ScheduleChoice(best, named[best], errors, calls[0], named)
+
+
+def stored_schedule(profile: ErrorProfile, steps: int) -> tuple[str, Tensor] | None:
+    """The name and SIGMAS (float32, as ComfyUI's) the search stored with ``profile`` for ``steps`` steps, if any."""
+    entry = profile.schedules.get(str(steps))
+    return None if entry is None else (entry["name"], torch.tensor(entry["sigmas"], dtype=torch.float32))
+
+
+def stored_base(profile: ErrorProfile, steps: int) -> str | None:
+    """The base (the pick without its VRG suffix) stored for the step count nearest ``steps``, if any."""
+    if not profile.schedules:
+        return None
+    nearest = min(profile.schedules, key=lambda k: (abs(int(k) - steps), int(k)))
+    return profile.schedules[nearest]["name"].removesuffix(VRG_SUFFIX)
+
+
+def measured_vrg(sigmas: Tensor, profile: ErrorProfile, **vrg_options) -> tuple[Tensor, str]:
+    """VRG on ``sigmas`` (:func:`samplers.vrg.optimize_sigmas`), unless the search stored with ``profile`` measured VRG
+    on this very schedule (same steps, levels equal to float32 precision) worse than the schedule itself: then
+    ``sigmas`` back. Also returns a line saying which, measured or predicted by the CPE."""
+    entry = profile.schedules.get(str(len(sigmas) - 1), {})
+    for name, levels in entry.get("candidates", {}).items():
+        measured = name + VRG_SUFFIX in entry["errors"] and len(levels) == len(sigmas)
+        if measured and torch.allclose(torch.tensor(levels, dtype=torch.float64), sigmas.double().cpu(), rtol=1e-6):
+            base, vrg = entry["errors"][name], entry["errors"][name + VRG_SUFFIX]
+            if vrg > base:
+                return sigmas.clone(), f"measured: VRG {vrg / base:.3f}x the error of {name}, so {name} is kept"
+            return optimize_sigmas(sigmas, profile, **vrg_options), f"measured: VRG {vrg / base:.3f}x the error of {name}"
+    return optimize_sigmas(sigmas, profile, **vrg_options), "CPE prediction, not measured (no search for this schedule)"

@@ -36,9 +36,9 @@ from .artefact import ArtefactFormat
 from .core import Denoiser, check_sigmas, noise_to, ve_sigma
 
 _JSON_TYPES = {"flow": bool, "model": str, "batch_size": int, "seed": int, "conditioning": str, "latent_shape": list,
-               "pack_version": str}
+               "pack_version": str, "schedules": dict}
 """What each :class:`ErrorProfile` metadata field must be in a file's JSON (a tuple comes back as a list)."""
-PROFILE_FORMAT = ArtefactFormat("error_control_samplers.vrg_profile", "2", ("sigmas", "mse_x0"), _JSON_TYPES,
+PROFILE_FORMAT = ArtefactFormat("error_control_samplers.vrg_profile", "3", ("sigmas", "mse_x0"), _JSON_TYPES,
                                 "VRG error profile", "Choose a profile written by VRG Calibrate, or calibrate again.")
 
 _EDGE = 1e-3
@@ -94,6 +94,7 @@ class ErrorProfile:
     The rest is what it was made with, saved in the file: :func:`measure_error_profile` fills ``batch_size`` (clean
     latents), ``seed`` (noise bank) and ``latent_shape`` (one latent); the node layer adds ``model`` (the
     family/fingerprint profiles are matched by), ``conditioning`` and ``pack_version`` with ``dataclasses.replace``.
+    ``schedules``: the schedule search's results by step count (``samplers.schedule_search.stored``), checked here.
     """
 
     sigmas: Tensor
@@ -105,6 +106,7 @@ class ErrorProfile:
     conditioning: str = ""
     latent_shape: tuple[int, ...] = ()
     pack_version: str = ""
+    schedules: dict = field(default_factory=dict)
     _device_tables: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +124,8 @@ class ErrorProfile:
             raise ValueError(f"ErrorProfile: mse_x0 must be finite and > 0 at every grid point; got {float(self.mse[i])} "
                              f"at σ={float(self.sigmas[i])}. No real model predicts x0 exactly, or NaN: check the "
                              "denoiser and the clean latents, then calibrate again.")
+        for steps, entry in self.schedules.items():
+            _check_stored(steps, entry)
 
     def _table(self) -> _Table:
         grid, mse = self.sigmas.numpy(), self.mse.numpy()
@@ -163,6 +167,27 @@ class ErrorProfile:
         except (ValueError, TypeError) as e:
             raise ValueError(f"ErrorProfile.load: {os.fspath(path)} is a damaged VRG error profile: {e}. "
                              f"{PROFILE_FORMAT.fix}") from e
+
+
+_STORED = {"name": str, "sigmas": list, "errors": dict, "candidates": dict, "sampler": str, "bank": int}
+"""What each stored search result (:attr:`ErrorProfile.schedules` value) holds, with its JSON type."""
+
+
+def _check_stored(steps: str, entry: dict) -> None:
+    """A stored search result: the fields of :data:`_STORED`, ``steps + 1`` descending levels ending at 0 for the pick
+    and every candidate, and a finite error for each candidate."""
+    where = f"ErrorProfile: the schedule stored for {steps!r} steps"
+    if not (steps.isdigit() and isinstance(entry, dict) and set(entry) == set(_STORED)
+            and all(isinstance(entry[k], kind) for k, kind in _STORED.items())):
+        raise ValueError(f"{where} is malformed. Run VRG Calibrate with its schedule search again.")
+    if set(entry["errors"]) != set(entry["candidates"]) or entry["name"] not in entry["candidates"]:
+        raise ValueError(f"{where} names candidates it has no measurement for. Run VRG Calibrate again.")
+    for name, levels in [("pick", entry["sigmas"]), *entry["candidates"].items()]:
+        sigmas = torch.tensor(levels, dtype=torch.float64)
+        check_sigmas(sigmas, where, name)
+        if len(sigmas) != int(steps) + 1 or sigmas[-1] != 0 or not np.isfinite(entry["errors"].get(name, 0.0)):
+            raise ValueError(f"{where}: {name!r} is not a {steps}-step schedule ending at 0 with a finite error. "
+                             "Run VRG Calibrate again.")
 
 
 def _profile_flow(profile: ErrorProfile, flow: bool | None, where: str) -> bool:

@@ -288,7 +288,7 @@ def test_foreign_or_corrupt_files_are_refused(tmp_path, content):
     path = tmp_path / "bad.safetensors"
     grid = torch.tensor([0.1, 1.0], dtype=torch.float64)
     good = ('{"flow": false, "model": "", "batch_size": 1, "seed": 0, "conditioning": "", "latent_shape": [4], '
-            '"pack_version": ""}')
+            '"pack_version": "", "schedules": {}}')
     if content is None:  # a valid safetensors file of something else
         from safetensors.torch import save_file
 

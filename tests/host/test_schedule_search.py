@@ -1,0 +1,112 @@
+"""VRG Calibrate's schedule search in the real host, on the tiny SD1.5 checkpoint and on every family file: it runs,
+its choice per step count is stored with the profile, reloaded, and handed out by the 'vrg' dropdown entry (no other
+schedule: the KSampler's result equals sampling the stored SIGMAS); a step count never searched falls back with a log
+line; a bad step list, a damaged file and a foreign file get clear errors."""
+
+import json
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from samplers.vrg import ErrorProfile
+from tests.host.test_families import base_graph, cfg_of, conds, family, model  # noqa: F401 (family: a fixture)
+from tools.comfy_host import CHECKPOINT_NAME, PromptFailed
+from tools.families import FAMILIES
+
+SEARCH = {"sampler_name": "euler", "search_steps": "4, 3", "search_bank": 2}
+
+
+def sd15_graph() -> dict:
+    """The tiny SD1.5 checkpoint, an empty prompt, the example image encoded (the family graphs' names)."""
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
+        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
+        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+
+
+def search_graph(graph: dict, model_source: list, positive: list, negative: list, cfg: float, name: str) -> dict:
+    """Calibrate + search ("4, 3" steps); KSampler 'vrg' at 4 steps; SamplerCustom on the SIGMAS output (4 steps), same
+    seed; KSampler 'vrg' at 5 steps (never searched); both results saved as latents ``<name>_dropdown`` / ``_sigmas``."""
+    sampling = {"positive": positive, "negative": negative, "cfg": cfg, "latent_image": ["empty", 0]}
+    graph.update({
+        "calibrate": {"class_type": "ErrorControlVRGCalibrate", "inputs": {
+            "model": model_source, "latent": ["latent", 0], "positive": positive, "cfg": 1.0, "grid_points": 8,
+            "seed": 0, "profile_name": name, **SEARCH}},
+        "dropdown": {"class_type": "KSampler", "inputs": {
+            "model": ["calibrate", 0], **sampling, "seed": 3, "steps": 4, "sampler_name": "euler", "scheduler": "vrg",
+            "denoise": 1.0}},
+        "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "custom": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["calibrate", 0], **sampling, "add_noise": True, "noise_seed": 3, "sampler": ["euler", 0],
+            "sigmas": ["calibrate", 3]}},
+        "fallback": {"class_type": "KSampler", "inputs": {
+            "model": ["calibrate", 0], **sampling, "seed": 3, "steps": 5, "sampler_name": "euler", "scheduler": "vrg",
+            "denoise": 1.0}},
+        "search_plot": {"class_type": "PreviewImage", "inputs": {"images": ["calibrate", 4]}},
+    })
+    for node, output in (("dropdown", ["dropdown", 0]), ("sigmas", ["custom", 0]), ("fallback", ["fallback", 0])):
+        graph[f"save_{node}"] = {"class_type": "SaveLatent", "inputs": {"samples": output,
+                                                                       "filename_prefix": f"{name}_{node}"}}
+    return graph
+
+
+def check_search(comfy, graph: dict, name: str, tables: set[str]) -> ErrorProfile:
+    """Run ``graph``; the stored choices, the dropdown's use of them and the fallback's log line."""
+    latents = comfy.output_latents(comfy.run(graph))
+    assert latents[f"{name}_dropdown"].equal(latents[f"{name}_sigmas"]), sorted(latents)
+    profile = ErrorProfile.load(comfy.base_dir / "models" / "vrg_profiles" / f"{name}.safetensors")
+    assert set(profile.schedules) == {"3", "4"}
+    errors = profile.schedules["4"]["errors"]
+    assert {"normal", "normal+vrg", "karras", "karras+vrg"} | tables | {t + "+vrg" for t in tables} <= set(errors)
+    assert profile.schedules["4"]["name"] == min(errors, key=errors.get)
+    assert "scheduler 'vrg': no schedule search stored for 5 steps" in comfy.log_tail(200_000)
+    return profile
+
+
+def test_the_search_on_sd15_is_stored_and_handed_out_by_the_dropdown(comfy):
+    graph = search_graph(sd15_graph(), ["ckpt", 0], ["pos", 0], ["neg", 0], 4.0, "search_sd15")
+    check_search(comfy, graph, "search_sd15", {"AYS (SD1)", "GITS (1.2)"})
+
+
+def test_the_search_on_each_family_is_stored_and_handed_out_by_the_dropdown(comfy, family):  # noqa: F811
+    tables = {"flux": {"OptimalSteps (FLUX)"}, "wan": {"OptimalSteps (Wan)"}, "sdxl": {"AYS (SDXL)"}}.get(family, set())
+    name = f"search_{family}"
+    graph = {**base_graph(family), "empty": dict(FAMILIES[family].empty_latent)}
+    graph = search_graph(graph, model(family), *conds(family).values(), cfg_of(family), name)
+    check_search(comfy, graph, name, tables)
+
+
+@pytest.mark.parametrize("steps", ["", "10, x", "1", "20 30", "0, 10"])
+def test_a_bad_step_list_says_what_to_write(comfy, steps):
+    graph = search_graph(sd15_graph(), ["ckpt", 0], ["pos", 0], ["neg", 0], 4.0, "search_bad_steps")
+    graph["calibrate"]["inputs"]["search_steps"] = steps
+    with pytest.raises(PromptFailed, match="VRG Calibrate: input 'search_steps' must list step counts from 2 to 1000"):
+        comfy.run(graph)
+
+
+def load_graph(file_name: str) -> dict:
+    return {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+            "load": {"class_type": "ErrorControlVRGLoadProfile", "inputs": {"model": ["ckpt", 0],
+                                                                            "profile_name": file_name}},
+            "plot": {"class_type": "PreviewImage", "inputs": {"images": ["load", 2]}}}
+
+
+def test_a_damaged_or_foreign_file_is_refused(comfy):
+    """A stored choice whose levels are not a schedule of its step count, and a safetensors file of something else."""
+    folder = comfy.base_dir / "models" / "vrg_profiles"
+    comfy.run(search_graph(sd15_graph(), ["ckpt", 0], ["pos", 0], ["neg", 0], 4.0, "search_damaged"))
+    with safe_open(str(folder / "search_damaged.safetensors"), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    record = json.loads(metadata["record"])
+    record["schedules"]["4"]["sigmas"] = record["schedules"]["4"]["sigmas"][::-1]
+    save_file(tensors, str(folder / "damaged_search.safetensors"), metadata={**metadata, "record": json.dumps(record)})
+    with pytest.raises(PromptFailed, match="damaged VRG error profile.*schedule stored for '4' steps"):
+        comfy.run(load_graph("damaged_search.safetensors"))
+    save_file({"weights": tensors["sigmas"]}, str(folder / "foreign.safetensors"))
+    with pytest.raises(PromptFailed, match="is a safetensors file but not a VRG error profile"):
+        comfy.run(load_graph("foreign.safetensors"))
