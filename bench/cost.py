@@ -269,7 +269,7 @@ def polaris_inversion(bench: Bench) -> Callable[[], tuple]:
     """POLARIS Inversion (least squares, its default current-level evaluation) on the clean latent."""
     return lambda: bench.graph("ErrorControlPolarisInversion", model=bench.model, positive=bench.positive,
                                negative=bench.negative, latent=bench.clean, steps=bench.steps, scheduler="normal",
-                               solver="least_squares", eval_at="current level (ComfyUI, FlipSigmas + euler)", space="v",
+                               solver="least_squares", eval_at="current", space="v",
                                omega_start=1.0)
 
 
@@ -280,7 +280,7 @@ def ddim_inversion(bench: Bench) -> Callable[[], tuple]:
     def run() -> tuple:
         sigmas = graph("BasicScheduler", model=bench.model, scheduler="normal", steps=bench.steps, denoise=1.0)[0]
         upward = graph("ErrorControlInversionSigmas", model=bench.model, sigmas=sigmas)[0]
-        sampler = graph("ErrorControlDDIMInversionSampler", eval_at="current level (FlipSigmas + euler)")[0]
+        sampler = graph("ErrorControlDDIMInversionSampler", eval_at="current")[0]
         return custom_advanced(bench, sampler, upward, bench.clean)
 
     return run

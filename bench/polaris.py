@@ -20,7 +20,7 @@ import statistics
 import torch
 
 from samplers import core
-from samplers.inversion import reconstruction_error
+from samplers.inversion import STANDARD_EVAL_AT, reconstruction_error
 from samplers.polaris import polaris_denoise, polaris_invert
 
 from .inversion import invert_and_reconstruct, levels
@@ -38,9 +38,10 @@ def polaris_round_trip(pair: core.PairDenoiser, x0: torch.Tensor, steps: int, fl
 
 
 def cfg_round_trip(pair: core.PairDenoiser, x0: torch.Tensor, steps: int, flow: bool, invert_cfg, denoise_cfg,
-                   eval_at: str = "auto") -> torch.Tensor:
-    """DDIM inversion at ``invert_cfg``, reconstruction at ``denoise_cfg`` (floats or per-sample ``[B]`` tensors)."""
-    eval_at = ("current" if flow else "next") if eval_at == "auto" else eval_at
+                   eval_at: str | None = None) -> torch.Tensor:
+    """DDIM inversion at ``invert_cfg``, reconstruction at ``denoise_cfg`` (floats or per-sample ``[B]`` tensors); the
+    model evaluated at ``eval_at``, by default where the papers' standard recipe evaluates it (``STANDARD_EVAL_AT``)."""
+    eval_at = eval_at or STANDARD_EVAL_AT[flow]
     return invert_and_reconstruct(core.guided(pair, invert_cfg), x0, steps, flow, eval_at, core.guided(pair, denoise_cfg))
 
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from samplers import core
 from samplers.diffier import diffier
-from samplers.inversion import ddim
+from samplers.inversion import STANDARD_EVAL_AT, ddim
 from samplers.nag import NoiseEstimator, nag_guided
 from samplers.noise_estimator import calibration, load_estimator, log_error, save_estimator, train_noise_estimator
 from samplers.polaris import polaris_denoise, polaris_invert
@@ -197,7 +197,7 @@ def inversion_recipes(x0: Tensor, noise: Tensor, steps: int, scale: float, flow:
 
     POLARIS (arXiv 2512.00369) replays its own ω (the user's cfg unused, as the authors); "+ blend" adds ``cfg - 1``
     (docs/methods.md#polaris-choices, for edits). Standard: DDIM inversion at cfg 1 (diffusers' evaluation point for EPS,
-    ``eval_at="auto"``), denoising at cfg w. FlipSigmas + euler: the same as ComfyUI runs it (model at the current level).
+    ``STANDARD_EVAL_AT``), denoising at cfg w. FlipSigmas + euler: the same as ComfyUI runs it (model at the current level).
     Unsampler: ComfyUI_Noise's node, both ways at cfg w (EPS only). RF-Inversion (Rout et al. 2024): the null-prompt model's
     controlled forward ODE to ``noise`` (γ 0.5), then the controlled reverse ODE towards x0 (η 0.9, first quarter).
     """
@@ -214,13 +214,13 @@ def inversion_recipes(x0: Tensor, noise: Tensor, steps: int, scale: float, flow:
     if scale != 1:
         recipes["POLARIS + blend (ω + cfg - 1)"] = ("ours", lambda m, n: polaris(m, 1.0))
     recipes[f"standard DDIM (cfg 1 → {scale:g})"] = ("baseline", lambda m, n: (invert_and_reconstruct(
-        guided_at(m, 1.0), x0, steps, flow, "auto", guided_at(m, scale)), scale))
+        guided_at(m, 1.0), x0, steps, flow, STANDARD_EVAL_AT[flow], guided_at(m, scale)), scale))
     if scale == 1:
         recipes[f"DDIM cfg 1 → 1, {2 * steps} steps (POLARIS's NFE)"] = ("baseline", lambda m, n: (invert_and_reconstruct(
-            m.cond, x0, 2 * steps, flow, "auto"), 1.0))
+            m.cond, x0, 2 * steps, flow, STANDARD_EVAL_AT[flow]), 1.0))
     else:
         recipes[f"DDIM (cfg {scale:g} → {scale:g})"] = ("baseline", lambda m, n: (invert_and_reconstruct(
-            guided_at(m, scale), x0, steps, flow, "auto"), scale))
+            guided_at(m, scale), x0, steps, flow, STANDARD_EVAL_AT[flow]), scale))
     recipes[f"FlipSigmas + euler (cfg 1 → {scale:g})"] = ("peer", lambda m, n: (ddim_back(
         m, peers.flip_sigmas_euler(m.cond, x0, sigmas, flow)), scale))
     if not flow:

@@ -10,7 +10,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..samplers.core import check_sigmas, inversion_sigmas
-from ..samplers.inversion import ddim
+from ..samplers.inversion import EVAL_AT_CHOICES, EVAL_AT_DEFAULT, EVAL_AT_HELP, check_eval_at, ddim
 from .comfy_seam import (
     EXPERT,
     aliases,
@@ -24,14 +24,27 @@ from .comfy_seam import (
 
 CATEGORY = "sampling/error_control/inversion"
 SAMPLER_NAME = "ddim_inversion"
-EVAL_AT = {
-    "auto (next for EPS/V, current for flow)": "auto",
-    "current level (FlipSigmas + euler)": "current",
-    "next level (diffusers DDIMInverse)": "next",
-}
+EVAL_AT_INPUT = io.Combo.Input("eval_at", options=list(EVAL_AT_CHOICES), default=EVAL_AT_DEFAULT, tooltip=EVAL_AT_HELP,
+                               **EXPERT)
+"""The one ``eval_at`` input of DDIM Inversion and the POLARIS inversion nodes (values: samplers/inversion.py)."""
 
 
-def sample_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, eval_at: str = "auto", **_):
+def validate_eval_at(eval_at: str | None, node: str) -> bool | str:
+    """A node's ``validate_inputs`` for ``eval_at``. ComfyUI checks a combo value against its options unless the node's
+    ``validate_inputs`` takes that input (both hosts' ``execution.validate_inputs``); this check also accepts the long
+    labels of older saved workflows, which ``samplers.inversion.resolve_eval_at`` maps to what they meant. A linked
+    input arrives as ``None`` here and is checked when the node runs."""
+    if eval_at is None:
+        return True
+    try:
+        check_eval_at(eval_at, node)
+    except ValueError as e:
+        return str(e)
+    return True
+
+
+def sample_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, eval_at: str = EVAL_AT_DEFAULT,
+                          **_):
     """k-diffusion sampler function: deterministic DDIM inversion along ascending ``sigmas`` (samplers.inversion.ddim)."""
     check_sigmas(sigmas, "DDIM Inversion (sampler ddim_inversion)", "sigmas", ascending=True)
     check_sampler_latent(model, x, "DDIM Inversion (sampler ddim_inversion)")
@@ -50,19 +63,18 @@ class DDIMInversionSampler(io.ComfyNode):
             description="Deterministic DDIM inversion: walks a clean latent up an ascending σ schedule to the noise that "
                         "regenerates it. Use with DisableNoise and the inversion_sigmas of 'Inversion Sigmas' in "
                         "SamplerCustomAdvanced; works for EPS, V-prediction and flow models.",
-            inputs=[io.Combo.Input(
-                "eval_at", options=list(EVAL_AT), default="auto (next for EPS/V, current for flow)",
-                tooltip="Where the model is evaluated on each step up: at the current level (what FlipSigmas + euler "
-                        "does) or with the next level's label on the current latent (diffusers' DDIMInverse, used by "
-                        "most inversion papers). auto picks what reconstructs best on the analytic testbed.", **EXPERT)],
+            inputs=[EVAL_AT_INPUT],
             outputs=[io.Sampler.Output()],
         )
 
     @classmethod
+    def validate_inputs(cls, eval_at: str | None = None) -> bool | str:
+        return validate_eval_at(eval_at, "DDIM Inversion (sampler)")
+
+    @classmethod
     def execute(cls, eval_at: str) -> io.NodeOutput:
-        if eval_at not in EVAL_AT:
-            raise ValueError(f"DDIM Inversion (sampler): input 'eval_at' must be one of {list(EVAL_AT)}, got {eval_at!r}.")
-        return io.NodeOutput(comfy.samplers.KSAMPLER(sample_ddim_inversion, {"eval_at": EVAL_AT[eval_at]}))
+        check_eval_at(eval_at, "DDIM Inversion (sampler)")
+        return io.NodeOutput(comfy.samplers.KSAMPLER(sample_ddim_inversion, {"eval_at": eval_at}))
 
 
 class InversionSigmas(io.ComfyNode):

@@ -20,7 +20,7 @@ from comfy_api.latest import io
 
 from ..plots.figures import omega_figure
 from ..samplers.core import cfg_mix, check_sigmas, conditional_pair, inversion_sigmas
-from ..samplers.inversion import ddim
+from ..samplers.inversion import check_eval_at, ddim
 from ..samplers.polaris import SOLVERS, SPACES, PolarisTrace, Replay, polaris_invert
 from . import types
 from .comfy_seam import (
@@ -45,11 +45,11 @@ from .comfy_seam import (
     scheduler_sigmas,
     step_callback,
 )
+from .inversion import EVAL_AT_INPUT, validate_eval_at
 
 CATEGORY = "sampling/error_control/polaris"
 types.register_folder(types.TRACE_FOLDER)
 
-EVAL_AT = {"current level (ComfyUI, FlipSigmas + euler)": "current", "next level (diffusers DDIMInverse)": "next"}
 SOLVER_HELP = {"least_squares": "the paper's projection-orthogonal least squares",
                "dynamic": "the incremental update of the authors' code",
                "fixed": "ω stays at omega_start: plain CFG inversion, for comparison"}
@@ -57,9 +57,7 @@ INVERSION_OPTIONS = [
     io.Combo.Input("solver", options=list(SOLVERS), default="least_squares",
                    tooltip="How ω is chosen at each step: " + "; ".join(f"{k}: {v}" for k, v in SOLVER_HELP.items())
                            + ". least_squares reconstructs best on the testbed.", **EXPERT),
-    io.Combo.Input("eval_at", options=list(EVAL_AT), default=next(iter(EVAL_AT)),
-                   tooltip="Where the model is evaluated on each step up. The current level reconstructs 2-3x better "
-                           "than diffusers' next-level convention on the analytic testbed at 20-50 steps.", **EXPERT),
+    EVAL_AT_INPUT,
     io.Combo.Input("space", options=list(SPACES), default="v",
                    tooltip="What the least squares compares between steps: v = the velocity (x - D)/sigma that Euler "
                            "integrates (best for flow models, identical to eps for EPS/V models), or eps.", **EXPERT),
@@ -102,11 +100,10 @@ def inversion_sampler(options: dict, node: str, result: dict):
 
 
 def inversion_options(solver: str, eval_at: str, space: str, omega_start: float, node: str) -> dict:
-    if eval_at not in EVAL_AT:
-        raise ValueError(f"{node}: input 'eval_at' must be one of {list(EVAL_AT)}, got {eval_at!r}.")
+    check_eval_at(eval_at, node)
     if solver not in SOLVERS or space not in SPACES:
         raise ValueError(f"{node}: inputs 'solver'/'space' must be one of {SOLVERS}/{SPACES}, got {solver!r}/{space!r}.")
-    return {"solver": solver, "eval_at": EVAL_AT[eval_at], "space": space, "omega_start": omega_start}
+    return {"solver": solver, "eval_at": eval_at, "space": space, "omega_start": omega_start}
 
 
 class PolarisInversion(io.ComfyNode):
@@ -135,6 +132,10 @@ class PolarisInversion(io.ComfyNode):
             outputs=[io.Latent.Output(display_name="inverted_latent"), types.PolarisTrace.Output(display_name="trace"),
                      io.Image.Output(display_name="omega_plot")],
         )
+
+    @classmethod
+    def validate_inputs(cls, eval_at: str | None = None) -> bool | str:
+        return validate_eval_at(eval_at, "POLARIS Inversion")
 
     @classmethod
     def execute(cls, model, positive, negative, latent, steps, scheduler, solver, eval_at, space, omega_start,
@@ -170,6 +171,10 @@ class PolarisInversionSampler(io.ComfyNode):
                                     tooltip="File name in models/polaris_traces (letters, digits, '_', '-', '.').")],
             outputs=[io.Sampler.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, eval_at: str | None = None) -> bool | str:
+        return validate_eval_at(eval_at, "POLARIS Inversion (sampler)")
 
     @classmethod
     def execute(cls, solver, eval_at, space, omega_start, trace_name) -> io.NodeOutput:

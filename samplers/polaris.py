@@ -27,7 +27,16 @@ from torch import Tensor
 
 from .artefact import ArtefactFormat
 from .core import Denoiser, PairDenoiser, append_dims, cfg_mix, check_sigmas, ddim_step, eps_from_denoised, inner
-from .inversion import EvalAt, StepCallback, carried_prediction, check_finite_steps, ddim, evaluation_point
+from .inversion import (
+    LEGACY_EVAL_AT,
+    EvalAt,
+    StepCallback,
+    carried_prediction,
+    check_finite_steps,
+    ddim,
+    evaluation_point,
+    resolve_eval_at,
+)
 
 Solver = Literal["least_squares", "dynamic", "fixed"]
 Space = Literal["eps", "v"]
@@ -117,6 +126,8 @@ class PolarisTrace:
                              "(one ω per step and sample).")
         if not (torch.isfinite(self.omega).all() and torch.isfinite(self.latent).all()):
             raise ValueError("PolarisTrace: 'omega' and 'latent' must be finite. Invert the image again.")
+        if self.eval_at in LEGACY_EVAL_AT:  # a long label of an older workflow: store what it meant
+            self.eval_at = resolve_eval_at(self.eval_at, self.flow, "PolarisTrace")
         if self.space not in SPACES or self.solver not in SOLVERS or self.eval_at not in ("current", "next"):
             raise ValueError(f"PolarisTrace: unknown space/solver/eval_at {self.space!r}/{self.solver!r}/{self.eval_at!r}.")
 
@@ -161,7 +172,7 @@ def polaris_invert(pair_denoiser: PairDenoiser, x0: Tensor, sigmas: Tensor, flow
     ``ddim(guided(pair_denoiser, omega_start), ...)``. ``callback`` gets k-diffusion's step dict after each call.
     """
     check_sigmas(sigmas, "POLARIS inversion", "sigmas", ascending=True)
-    eval_at = ("current" if flow else "next") if eval_at == "auto" else eval_at
+    eval_at = resolve_eval_at(eval_at, flow, "POLARIS inversion")
     x, omegas, finite, pred_prev = x0, [], [], None
     omega = torch.full((x0.shape[0],), float(omega_start), dtype=torch.promote_types(x0.dtype, torch.float32),
                        device=x0.device)

@@ -57,7 +57,7 @@ def method_graph(method: str, patch: dict | None, prefix: str) -> dict:
         conds = {"positive": ["pos", 0], "negative": ["neg", 0]}
         graph["invert"] = {"class_type": "ErrorControlPolarisInversion", "inputs": {
             "model": ["ckpt", 0], **conds, "latent": ["latent", 0], "steps": 6, "scheduler": "normal",
-            "solver": "least_squares", "eval_at": "current level (ComfyUI, FlipSigmas + euler)", "space": "v",
+            "solver": "least_squares", "eval_at": "current", "space": "v",
             "omega_start": 1.0}}
         graph["out"] = {"class_type": "ErrorControlPolarisDenoise", "inputs": {
             "model": model, **conds, "trace": ["invert", 1], "cfg": CFG, "blend": 0.2}}

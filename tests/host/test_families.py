@@ -87,7 +87,7 @@ def save(graph: dict, prefix: str, **sources: list) -> dict:
     return graph
 
 
-POLARIS_OPTIONS = {"solver": "least_squares", "eval_at": "current level (ComfyUI, FlipSigmas + euler)", "space": "v",
+POLARIS_OPTIONS = {"solver": "least_squares", "eval_at": "current", "space": "v",
                    "omega_start": 1.0}
 
 

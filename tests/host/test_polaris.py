@@ -33,7 +33,7 @@ def polaris_graph(steps: int, family_patch: dict | None, prefix: str) -> dict:
     graph.update({
         "invert": {"class_type": "ErrorControlPolarisInversion", "inputs": {
             "model": model, **conds, "latent": ["latent", 0], "steps": steps, "scheduler": "normal",
-            "solver": "least_squares", "eval_at": "current level (ComfyUI, FlipSigmas + euler)", "space": "v",
+            "solver": "least_squares", "eval_at": "current", "space": "v",
             "omega_start": 1.0}},
         "denoise": {"class_type": "ErrorControlPolarisDenoise", "inputs": replay},
         "guider": {"class_type": "ErrorControlPolarisReplay", "inputs": replay},
@@ -112,7 +112,7 @@ def sampler_graph(guider: dict, trace_name: str) -> dict:
         "levels": {"class_type": "ErrorControlInversionSigmas", "inputs": {"model": ["ckpt", 0], "sigmas": ["schedule", 0]}},
         "nonoise": {"class_type": "DisableNoise", "inputs": {}},
         "inverter": {"class_type": "ErrorControlPolarisInversionSampler", "inputs": {
-            "solver": "least_squares", "eval_at": "current level (ComfyUI, FlipSigmas + euler)", "space": "v",
+            "solver": "least_squares", "eval_at": "current", "space": "v",
             "omega_start": 1.0, "trace_name": trace_name}},
         "invert": {"class_type": "SamplerCustomAdvanced", "inputs": {
             "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["inverter", 0], "sigmas": ["levels", 0],

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from tools.comfy_host import CACHE, CHECKPOINT_NAME, MODEL_FAMILIES, PromptFailed, PromptRejected, comfy_env, txt2img
 
 REPO = Path(__file__).resolve().parents[2]
-EVAL_CURRENT = "current level (ComfyUI, FlipSigmas + euler)"
+EVAL_CURRENT = "current"
 TRACE, PROFILE = "reliability_trace", "reliability_profile"
 
 

@@ -12,7 +12,7 @@ from tools.comfy_host import CHECKPOINT_NAME
 
 PROMPTS = 200
 WARMUP = 40
-EVAL_CURRENT = "current level (ComfyUI, FlipSigmas + euler)"
+EVAL_CURRENT = "current"
 
 
 def rss_kib(pid: int) -> int:

@@ -7,7 +7,15 @@ from bench.inversion import invert_and_reconstruct
 from bench.kit import schedule as descending
 from bench.testbeds import gmm
 from samplers import core
-from samplers.inversion import ddim, reconstruction_error
+from samplers.inversion import (
+    AUTO_EVAL_AT,
+    EVAL_AT_CHOICES,
+    EVAL_AT_DEFAULT,
+    LEGACY_EVAL_AT,
+    ddim,
+    reconstruction_error,
+    resolve_eval_at,
+)
 
 FLOWS = [False, True]
 
@@ -69,9 +77,40 @@ def test_a_non_finite_state_names_the_step_and_sigma():
         ddim(poisoned, torch.zeros(1, 16, dtype=torch.float64), sigmas)
 
 
-@pytest.mark.parametrize("flow, same_as", [(False, "next"), (True, "current")])
-def test_auto_picks_the_convention_of_each_family(mixture, flow, same_as):
+@pytest.mark.parametrize("flow", FLOWS)
+def test_auto_is_the_convention_that_measured_best_and_the_default_is_current(mixture, flow):
     x0 = mixture.sample(4, torch.Generator().manual_seed(6), cls=2)
     denoiser = mixture.denoiser(cls=2, flow=flow)
+    assert AUTO_EVAL_AT[flow] == "current" and EVAL_AT_DEFAULT == "current"  # testbeds 2 and 4 (bench.inversion)
     torch.testing.assert_close(invert_and_reconstruct(denoiser, x0, 10, flow, "auto"),
-                               invert_and_reconstruct(denoiser, x0, 10, flow, same_as), rtol=0, atol=0)
+                               invert_and_reconstruct(denoiser, x0, 10, flow, "current"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_the_resolver_maps_short_values_and_every_old_long_label_to_what_it_meant(flow):
+    assert EVAL_AT_CHOICES == ("auto", "current", "next")
+    assert resolve_eval_at("current", flow) == "current" and resolve_eval_at("next", flow) == "next"
+    assert resolve_eval_at("auto", flow) == AUTO_EVAL_AT[flow]
+    meant = {"auto (next for EPS/V, current for flow)": "current" if flow else "next",
+             "current level (FlipSigmas + euler)": "current",
+             "current level (ComfyUI, FlipSigmas + euler)": "current",
+             "next level (diffusers DDIMInverse)": "next"}
+    assert set(LEGACY_EVAL_AT) == set(meant)
+    for label, level in meant.items():
+        assert resolve_eval_at(label, flow) == level, label
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_an_old_label_inverts_exactly_as_the_value_it_meant(mixture, flow):
+    x0 = mixture.sample(4, torch.Generator().manual_seed(7), cls=0)
+    up = core.inversion_sigmas(descending(8, flow), flow=flow)
+    denoiser = mixture.denoiser(cls=0, flow=flow)
+    old = ddim(denoiser, x0, up, flow, "auto (next for EPS/V, current for flow)")
+    torch.testing.assert_close(old, ddim(denoiser, x0, up, flow, "current" if flow else "next"), rtol=0, atol=0)
+    assert not torch.equal(old, ddim(denoiser, x0, up, flow, "next" if flow else "current"))
+
+
+def test_an_unknown_eval_at_names_the_node_and_the_choices():
+    with pytest.raises(ValueError, match=r"POLARIS Inversion: input 'eval_at' must be one of "
+                                         r"\['auto', 'current', 'next'\], got 'halfway'"):
+        resolve_eval_at("halfway", False, "POLARIS Inversion")

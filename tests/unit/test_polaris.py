@@ -1,6 +1,7 @@
 """POLARIS (samplers.polaris) on the analytic testbed: the least squares, the trace, time-aligned replay, the targets."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from bench.inversion import levels
 from bench.polaris import cfg_round_trip, polaris_round_trip
 from bench.testbeds import gmm
 from samplers import core, polaris
-from samplers.inversion import ddim, reconstruction_error
+from samplers.inversion import ddim, reconstruction_error, resolve_eval_at
 
 FLOWS = [False, True]
 
@@ -160,6 +161,28 @@ def test_foreign_or_damaged_traces_are_refused(tmp_path, case):
         _write(path, {**tensors, "omega": torch.tensor([[1.0], [float("nan")]])}, good)
     with pytest.raises(ValueError, match="bad.safetensors"):
         polaris.PolarisTrace.load(path)
+
+
+@pytest.mark.parametrize("flow, label, meant", [
+    (False, "auto (next for EPS/V, current for flow)", "next"), (True, "auto (next for EPS/V, current for flow)", "current"),
+    (False, "current level (ComfyUI, FlipSigmas + euler)", "current"), (True, "next level (diffusers DDIMInverse)", "next")])
+def test_a_trace_recorded_with_an_old_long_label_loads_as_what_it_meant(tmp_path, flow, label, meant):
+    path = tmp_path / "old.safetensors"
+    record = json.dumps({"flow": flow, "space": "v", "eval_at": label, "solver": "least_squares", "model": "",
+                         "pack_version": ""})
+    _write(path, {"sigmas": torch.tensor([0.1, 1.0, 2.0], dtype=torch.float64), "omega": torch.ones(2, 1),
+                  "latent": torch.zeros(1, 4)}, record)
+    assert polaris.PolarisTrace.load(path).eval_at == meant
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_polaris_resolves_eval_at_with_the_one_resolver(mixture, x0, flow):
+    up = levels(6, flow)[0]
+    for value in ("auto", "auto (next for EPS/V, current for flow)", "next level (diffusers DDIMInverse)"):
+        z, trace = polaris.polaris_invert(mixture.pair_denoiser(1, flow), x0, up, flow, eval_at=value)
+        assert trace.eval_at == resolve_eval_at(value, flow), value
+        assert torch.equal(z, polaris.polaris_invert(mixture.pair_denoiser(1, flow), x0, up, flow,
+                                                     eval_at=trace.eval_at)[0]), value
 
 
 def test_nan_in_the_latent_is_named_by_step(mixture):
