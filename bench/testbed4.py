@@ -15,6 +15,9 @@ counted with :class:`bench.kit.Counted` or, where stated, by construction.
 3. **DiffIER** (:func:`guidance_rows`): plain CFG at the same steps and at DiffIER's NFE, APG, CFG-Zero*, RescaleCFG and
    CFGNorm at DiffIER's NFE; FD (and its held-out floor), precision/recall, classifier accuracy, RMS error to a fine
    solve of the plain-CFG ODE.
+2b. **Schedule search** (:func:`schedule_search_rows`): ``samplers.schedule_search.choose_schedule`` over the bases of
+   2. and VRG on each, on a noise bank of its own, against every one of them on each seed's fresh noise (never seen by
+   the search); RMS error to the fine solve from the highest first level.
 4. **Noise Awareness Guidance** (:func:`noise_guidance_rows`): mode ``estimator`` with the pack's learned estimator
    against plain sampling, on the model and on the model reading σ as 0.8σ; RMS error to the fine solve of the exact
    model. The estimator adds no model call, so every variant has the same NFE (by construction).
@@ -39,6 +42,7 @@ from samplers.inversion import STANDARD_EVAL_AT, ddim
 from samplers.nag import NoiseEstimator, nag_guided
 from samplers.noise_estimator import calibration, load_estimator, log_error, save_estimator, train_noise_estimator
 from samplers.polaris import polaris_denoise, polaris_invert
+from samplers.schedule_search import VRG_SUFFIX, choose_schedule, with_vrg
 from samplers.vrg import ErrorProfile, cumulative_error, measure_error_profile, optimize_sigmas
 
 from . import peers
@@ -54,7 +58,8 @@ VE_RANGE = (0.03, 14.6)
 """The EPS twin's sampling range (``bench.kit.karras``), where the SD1.5 tables (AYS, GITS, beta) are mapped."""
 FLOW_TABLE = torch.arange(1, 1001, dtype=F64) / 1000
 """ComfyUI's ``ModelSamplingDiscreteFlow`` levels at shift 1 (``s = t/1000``): the table ``beta`` rounds onto."""
-PRIMARY = {"POLARIS inversion": ("psnr", 1.0), "VRG": ("error", -1.0), "DiffIER": ("fd", -1.0),
+PRIMARY = {"POLARIS inversion": ("psnr", 1.0), "VRG": ("error", -1.0), "schedule search": ("error", -1.0),
+           "DiffIER": ("fd", -1.0),
            "Noise Awareness Guidance": ("error", -1.0)}
 """Each method's headline metric and its direction (+1: higher is better)."""
 
@@ -71,6 +76,7 @@ class Setting:
     profile_points: int = 32
     samples: int = 30
     schedule_steps: tuple[int, ...] = (10, 20)
+    search_bank: int = 32
     guidance_samples: int = 30
     error_samples: int = 10
     guidance_scales: tuple[float, ...] = (5.0, 12.0)
@@ -88,7 +94,8 @@ class Setting:
 
 FULL = Setting()
 QUICK = Setting(inversion_patches=3, inversion_steps=(3,), profile_patches=10, profile_points=6, samples=4,
-                schedule_steps=(3,), guidance_samples=10, error_samples=3, guidance_scales=(5.0,), guidance_steps=3,
+                schedule_steps=(3,), search_bank=2, guidance_samples=10, error_samples=3, guidance_scales=(5.0,),
+                guidance_steps=3,
                 noise_scales=(3.0,), noise_steps=3, estimator_iterations=20, fine_steps=6,
                 denoiser_options=(("steps", 30), ("width", 16), ("batch", 8)),
                 classifier_options=(("steps", 30), ("width", 8), ("features", 16)),
@@ -326,6 +333,35 @@ def schedule_rows(testbed: Testbed) -> list[dict]:
     return tally.rows() + [floor_row(testbed, "VRG", s.samples)]
 
 
+def schedule_search_rows(testbed: Testbed) -> list[dict]:
+    """Per twin, step count and seed: ``choose_schedule`` (Euler, cfg 1) over :func:`base_schedules` and VRG on each
+    (the measured profile), on ``search_bank`` noise samples of seed ``500 + seed``; then the pick ("ours"), every base
+    ("peer") and VRG on each ("baseline") from the seed's own ``samples`` noise, which the search never saw. RMS error
+    to the fine solve from the highest first level (the search's own reference); the pick's name per seed is in
+    ``_picks``."""
+    s, tally, picks = testbed.setting, Tally(), {}
+    labels, bank_labels = patches.balanced_labels(s.samples), patches.balanced_labels(s.search_bank)
+    for flow in (False, True):
+        profile, model = error_profile(testbed, flow), testbed.models[flow]
+        for steps in s.schedule_steps:
+            bases = base_schedules(steps, flow)
+            named, top = with_vrg(bases, profile), max(float(sigmas[0]) for sigmas in bases.values())
+            for seed in s.seeds:
+                bank = patches.initial_noise(s.search_bank, 500 + seed)
+                choice = choose_schedule(model.denoiser(bank_labels), bank, bases, flow, profile)
+                picks.setdefault((family(flow), f"{steps} steps"), []).append(choice.name)
+                reference, noise = fine_solve(testbed, flow, 1.0, seed, s.samples, top), patches.initial_noise(s.samples, seed)
+                for variant, sigmas in {"schedule search": choice.sigmas, **named}.items():
+                    role = "ours" if variant == "schedule search" else "baseline" if variant.endswith(VRG_SUFFIX) else "peer"
+                    x = ddim(model.denoiser(labels), start_state(noise, sigmas[0], flow), sigmas, flow)
+                    tally.add({"method": "schedule search", "family": family(flow), "setting": f"{steps} steps",
+                               "variant": variant, "role": role, "nfe": steps}, error=patches.solve_error(x, reference).mean())
+    rows = tally.rows()
+    for row in rows:
+        row["picked"] = "; ".join(picks[(row["family"], row["setting"])]) if row["role"] == "ours" else ""
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. DiffIER
 
@@ -439,7 +475,8 @@ def run(quick: bool = False, setting: Setting | None = None) -> list[dict]:
     """Every table's rows (``bench.kit.markdown_table`` after :func:`printable`): :data:`QUICK` or :data:`FULL` unless
     ``setting`` is given."""
     testbed = load_testbed(setting or (QUICK if quick else FULL))
-    return inversion_rows(testbed) + schedule_rows(testbed) + guidance_rows(testbed) + noise_guidance_rows(testbed)
+    return (inversion_rows(testbed) + schedule_rows(testbed) + schedule_search_rows(testbed) + guidance_rows(testbed)
+            + noise_guidance_rows(testbed))
 
 
 def _best(rows: list[dict], metric: str, sign: float) -> dict:
