@@ -86,7 +86,7 @@ class DiffIERSampler(io.ComfyNode):
         return io.Schema(
             node_id="ErrorControlDiffIERSampler",
             **aliases("high cfg", "guidance", "error reduction", "cfg artifacts"),
-            display_name="DiffIER (reconstructed from the paper's abstract) sampler",
+            display_name="DiffIER Sampler",
             category=CATEGORY,
             description="DiffIER, reconstructed from the paper's abstract: an euler sampler that, at every step, lowers "
                         "the cfg weight where it overshoots what the model itself predicts at the step's next state "
@@ -135,9 +135,10 @@ class DiffIERGapMeter(io.ComfyNode):
         return io.Schema(
             node_id="ErrorControlDiffIERGapMeter",
             **aliases("high cfg", "guidance", "diagnostic"),
-            display_name="DiffIER (reconstructed from the paper's abstract) Gap Meter",
+            display_name="DiffIER Gap Meter",
             category=CATEGORY,
-            description="Samples the same latent twice, with plain CFG euler and with DiffIER, and plots the per-step gap "
+            description="DiffIER (reconstructed from the paper's abstract) Gap Meter. "
+                        "Samples the same latent twice, with plain CFG euler and with DiffIER, and plots the per-step gap "
                         "diagnostic (how far each step's clean prediction moves by the next step: the error DiffIER "
                         "reduces) and the cfg weight DiffIER used at each step. Outputs DiffIER's latent too.",
             is_output_node=True,

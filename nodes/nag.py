@@ -119,15 +119,24 @@ def check_estimator(estimator: NoiseEstimator, model_patcher, node: str) -> None
                          f"are {latent_format}. {ESTIMATOR_FIX} for this model.")
 
 
+def wrong_mode(node: str, mode: str) -> str:
+    return f"{node}: input 'mode' must be one of {MODES}, got {mode!r}."
+
+
+def missing_estimator(node: str) -> str:
+    return (f"{node}: input 'estimator': mode 'estimator' (the default) needs a noise-level estimator, and none is "
+            f"connected. {ESTIMATOR_FIX}, and connect it; or pick mode 'fixed' (training-free, one extra model call a "
+            "guided step).")
+
+
 def check_guidance(node: str, strength: float, mode: str, delta: float, start_percent: float, end_percent: float,
                    estimator: NoiseEstimator | None) -> None:
     if mode not in MODES:
-        raise ValueError(f"{node}: input 'mode' must be one of {MODES}, got {mode!r}.")
+        raise ValueError(wrong_mode(node, mode))
     if not strength >= 0:
         raise ValueError(f"{node}: input 'strength' must be >= 0 (0 disables the guidance), got {strength}.")
     if mode == "estimator" and estimator is None and strength > 0:
-        raise ValueError(f"{node}: input 'estimator': mode 'estimator' (the default) needs a noise-level estimator. "
-                         f"{ESTIMATOR_FIX}; or pick mode 'adaptive' or 'fixed'.")
+        raise ValueError(missing_estimator(node))
     if mode == "fixed" and delta <= 0 and strength > 0:
         raise ValueError(f"{node}: input 'delta' must be > 0 in mode 'fixed' (σ_u = σ·e^δ equals σ at 0, a no-op "
                          "that still costs a model call); use 0.1–0.2.")
@@ -159,36 +168,66 @@ def patched(model, node: str, strength: float, mode: str, delta: float, start_pe
     return with_post_cfg(model, guidance_function(strength, mode, delta, start_percent, end_percent, profile, estimator))
 
 
-class NoiseAwarenessGuidance(io.ComfyNode):
+NOT_CONNECTED = object()
+"""What :meth:`GuidanceNode.validate_inputs` receives for an input that has no link: ComfyUI leaves it out there, and
+passes a linked one as None (its value is not known before the run)."""
+
+
+class GuidanceNode(io.ComfyNode):
+    """A node with the guidance inputs (:func:`guidance_inputs`), called ``TITLE`` in its messages."""
+
+    TITLE = "Noise Awareness Guidance"
+
+    @classmethod
+    def validate_inputs(cls, mode: str | None, estimator: object = NOT_CONNECTED) -> bool | str:
+        """ComfyUI's check before the run: a bare node in mode 'estimator' (the default) with no estimator connected is
+        refused there, with the message on the node, instead of failing after Run. (ComfyUI skips its own check of the
+        inputs named here, so the mode's options are checked too; a linked mode is known only when the node runs.)"""
+        if mode is not None and mode not in MODES:
+            return wrong_mode(cls.TITLE, mode)
+        if mode == "estimator" and estimator is NOT_CONNECTED:
+            return missing_estimator(cls.TITLE)
+        return True
+
+
+class NoiseAwarenessGuidance(GuidanceNode):
+    TITLE = "Noise Awareness Guidance (model patch)"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlNoiseAwarenessGuidance",
-            **aliases("noise shift", "noise awareness", "exposure bias"),
+            **aliases("NoiseAware", "noise shift", "noise awareness", "exposure bias"),
             display_name="Noise Awareness Guidance (model patch)",
             category=CATEGORY,
-            description="Noise Awareness Guidance (training-free): steers each step's latent back to the noise level "
-                        "the schedule expects, by mixing the model's score with its own score at a slightly higher noise "
-                        "level. Works in the plain KSampler and stacks with other model patches; +1 model call per "
-                        "guided step.",
+            description="Noise Awareness Guidance: steers each step's latent back to the noise level the schedule "
+                        "expects. The default mode, 'estimator' (the paper's classifier-based form, no extra model call), "
+                        "needs a noise estimator trained once per model family: connect Train Noise Estimator or Load "
+                        "Noise Estimator; without one the prompt is refused before it runs. Mode 'fixed' is training-free "
+                        "(the model's own score at a slightly higher noise level, +1 model call per guided step). Works "
+                        "in the plain KSampler and stacks with other model patches.",
             inputs=[io.Model.Input("model"), *guidance_inputs()],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
     def execute(cls, model, **guidance) -> io.NodeOutput:
-        return io.NodeOutput(patched(model, "Noise Awareness Guidance (model patch)", **guidance))
+        return io.NodeOutput(patched(model, cls.TITLE, **guidance))
 
 
-class NoiseAwarenessGuider(io.ComfyNode):
+class NoiseAwarenessGuider(GuidanceNode):
+    TITLE = "Noise Awareness Guidance (guider)"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlNoiseAwarenessGuider",
-            **aliases("noise shift", "noise awareness", "guider"),
+            **aliases("NoiseAware guider", "noise shift", "noise awareness", "guider"),
             display_name="Noise Awareness Guidance (guider)",
             category=CATEGORY,
-            description="Classifier-free guidance plus Noise Awareness Guidance, as a GUIDER for SamplerCustomAdvanced.",
+            description="Classifier-free guidance plus Noise Awareness Guidance, as a GUIDER for SamplerCustomAdvanced. "
+                        "The default mode, 'estimator', needs a noise estimator connected (Train / Load Noise "
+                        "Estimator); mode 'fixed' is training-free.",
             inputs=[io.Model.Input("model"), io.Conditioning.Input("positive"), io.Conditioning.Input("negative"),
                     io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                    tooltip="Classifier-free guidance scale (tested 1–8)."),
@@ -198,7 +237,7 @@ class NoiseAwarenessGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, **guidance) -> io.NodeOutput:
-        guided = patched(model, "Noise Awareness Guidance (guider)", **guidance)
+        guided = patched(model, cls.TITLE, **guidance)
         return io.NodeOutput(cfg_guider(guided, positive, negative, cfg))
 
 
@@ -237,12 +276,14 @@ def recorded_run(model, read_level: LevelReader, latent: dict, seed: int, steps:
     return torch.stack(scheduled).tolist(), torch.stack(estimated).tolist()
 
 
-class NoiseShiftMeter(io.ComfyNode):
+class NoiseShiftMeter(GuidanceNode):
+    TITLE = "Noise Shift Meter"
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlNoiseShiftMeter",
-            **aliases("noise shift", "noise level", "diagnostic"),
+            **aliases("NoiseAware meter", "noise shift", "noise level", "diagnostic"),
             display_name="Noise Shift Meter (Noise Awareness Guidance)",
             category=CATEGORY,
             description="Runs the same KSampler pass twice, plain and with Noise Awareness Guidance, and plots the "
@@ -250,7 +291,8 @@ class NoiseShiftMeter(io.ComfyNode):
                         "noise-shift analysis of the paper, for your model. The level is read by the noise estimator "
                         "when one is connected (measured against data), else from the model's residual against its "
                         "VRG error profile (measured against the model itself, blind to its own miscalibration). "
-                        "Readings are reliable where σ is at least the latent's own scale.",
+                        "Readings are reliable where σ is at least the latent's own scale. The default mode, 'estimator', "
+                        "needs the estimator connected.",
             is_output_node=True,
             inputs=[io.Model.Input("model"), io.Conditioning.Input("positive"), io.Conditioning.Input("negative"),
                     io.Latent.Input("latent_image"),
@@ -270,7 +312,7 @@ class NoiseShiftMeter(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
                 **guidance) -> io.NodeOutput:
-        node = "Noise Shift Meter"
+        node = cls.TITLE
         estimator = guidance.get("estimator")
         guided = patched(model, node, **guidance)
         profile = None if estimator is not None else resolve_profile(
@@ -300,12 +342,12 @@ class TrainNoiseEstimator(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlTrainNoiseEstimator",
-            **aliases("NAG train noise estimator", "noise shift", "noise level", "noise awareness"),
+            **aliases("NoiseAware train noise estimator", "noise shift", "noise level", "noise awareness"),
             display_name="Train Noise Estimator (Noise Awareness Guidance)",
             category=CATEGORY,
             description="Noise Awareness Guidance, classifier-based form: trains a tiny noise-level estimator p(σ|x) "
                         "on your clean latents, noised to every level of the model's schedule, and saves it to "
-                        "models/nag_noise_estimators. Once per model family and VAE; a minute or two on a CPU at "
+                        f"models/{types.ESTIMATOR_FOLDER}. Once per model family and VAE; a minute or two on a CPU at "
                         "64×64 latents, seconds on a GPU.",
             is_output_node=True,
             inputs=[
@@ -319,7 +361,7 @@ class TrainNoiseEstimator(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the network's start, the crops and the noise."),
                 io.String.Input("estimator_name", default="noise_estimator",
-                                tooltip="File name in models/nag_noise_estimators (letters, digits, '_', '-', '.')."),
+                                tooltip=f"File name in models/{types.ESTIMATOR_FOLDER} (letters, digits, '_', '-', '.')."),
             ],
             outputs=[types.NoiseEstimator.Output(display_name="estimator"), io.Image.Output(display_name="plot")],
         )
@@ -344,14 +386,14 @@ class LoadNoiseEstimator(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="ErrorControlLoadNoiseEstimator",
-            **aliases("NAG load noise estimator", "noise shift", "noise level"),
+            **aliases("NoiseAware load noise estimator", "noise shift", "noise level"),
             display_name="Load Noise Estimator (Noise Awareness Guidance)",
             category=CATEGORY,
             description="Loads a noise-level estimator saved by 'Train Noise Estimator' for Noise Awareness Guidance's "
                         "estimator mode, checked against the MODEL's latent format.",
             inputs=[io.Model.Input("model"),
                     io.Combo.Input("estimator_name", options=types.list_files(types.ESTIMATOR_FOLDER),
-                                   tooltip="A file in models/nag_noise_estimators.")],
+                                   tooltip=f"A file in models/{types.ESTIMATOR_FOLDER}.")],
             outputs=[types.NoiseEstimator.Output(display_name="estimator")],
         )
 

@@ -18,17 +18,25 @@ from comfy_api.latest import io
 
 VRGProfile = io.Custom("VRG_PROFILE")
 PolarisTrace = io.Custom("POLARIS_TRACE")
-NoiseEstimator = io.Custom("NAG_NOISE_ESTIMATOR")
+NoiseEstimator = io.Custom("NOISE_AWARENESS_ESTIMATOR")
 T = TypeVar("T")
 PROFILE_FOLDER = "vrg_profiles"
 TRACE_FOLDER = "polaris_traces"
-ESTIMATOR_FOLDER = "nag_noise_estimators"
+ESTIMATOR_FOLDER = "noise_awareness_estimators"
+FORMER_FOLDERS = {ESTIMATOR_FOLDER: ("nag_noise_estimators",)}
+"""Folders a kind of artefact lived in under an earlier name: still read (their files listed and loaded), never written."""
 EXTENSION = ".safetensors"
 
 
 def register_folder(name: str) -> None:
-    """A ``models/<name>`` folder for the pack's files, listed like any model folder (idempotent)."""
+    """A ``models/<name>`` folder for the pack's files, listed like any model folder (idempotent). Its former names
+    (:data:`FORMER_FOLDERS`) are read too: ``models/<former>`` and any paths ``extra_model_paths.yaml`` gives them."""
     folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name), is_default=True)
+    for former in FORMER_FOLDERS.get(name, ()):
+        paths = [os.path.join(folder_paths.models_dir, former)]
+        paths += folder_paths.folder_names_and_paths.get(former, ([], set()))[0]
+        for path in paths:
+            folder_paths.add_model_folder_path(name, path)
     folder_paths.folder_names_and_paths[name][1].add(EXTENSION)
 
 

@@ -399,17 +399,18 @@ def noise_awareness_guidance(g: Graph) -> None:
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     positive, negative = prompts(g, ckpt[1], "a lighthouse on a cliff at sunset")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
-    estimator = noise_estimator(g, ckpt[0], ckpt[2], "nag_estimator", "nag")
-    plain_and_guided(g, ckpt[0], positive, negative, latent, ckpt[2], "nag", estimator[0], steps=20, cfg=7.0,
+    estimator = noise_estimator(g, ckpt[0], ckpt[2], "noise_awareness_estimator", "noise_awareness")
+    plain_and_guided(g, ckpt[0], positive, negative, latent, ckpt[2], "noise_awareness", estimator[0], steps=20, cfg=7.0,
                      sampler_name="euler", scheduler="normal")
     meter = g.add("ErrorControlNoiseShiftMeter", model=ckpt[0], positive=positive[0], negative=negative[0],
                   latent_image=latent[0], seed=7, steps=20, cfg=7.0, sampler_name="euler", scheduler="normal",
                   strength=0.1, mode="estimator", delta=0.15, start_percent=0.5, end_percent=1.0,
                   estimator=estimator[0])
-    g.add("SaveImage", title="Noise shift: scheduled vs estimated sigma", images=meter[0], filename_prefix="nag/noise_shift")
+    g.add("SaveImage", title="Noise shift: scheduled vs estimated sigma", images=meter[0],
+          filename_prefix="noise_awareness/noise_shift")
 
 
-def nag_sd35(g: Graph) -> None:
+def noise_awareness_guidance_sd35(g: Graph) -> None:
     """SD3.5 Medium with a real negative prompt at cfg 4.5: the same KSampler with and without the Noise Awareness
     Guidance patch, side by side."""
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=user_file("sd35", "checkpoints"))
@@ -418,8 +419,8 @@ def nag_sd35(g: Graph) -> None:
     negative = g.add("CLIPTextEncode", title="Negative prompt", text="blurry, low quality, deformed, watermark",
                      clip=clip[0])
     latent = g.add("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
-    estimator = noise_estimator(g, ckpt[0], ckpt[2], "nag_sd35_estimator", "nag_sd35")
-    plain_and_guided(g, ckpt[0], positive, negative, latent, ckpt[2], "nag_sd35", estimator[0], steps=28, cfg=4.5,
+    estimator = noise_estimator(g, ckpt[0], ckpt[2], "noise_awareness_sd35_estimator", "noise_awareness_sd35")
+    plain_and_guided(g, ckpt[0], positive, negative, latent, ckpt[2], "noise_awareness_sd35", estimator[0], steps=28, cfg=4.5,
                      sampler_name="euler", scheduler="sgm_uniform")
 
 
@@ -450,7 +451,7 @@ WORKFLOWS = {"ddim_inversion_reconstruct": ddim_inversion_reconstruct,
              "vrg_saved_profile": vrg_saved_profile,
              "vrg_flux": vrg_flux,
              "noise_awareness_guidance": noise_awareness_guidance,
-             "nag_sd35": nag_sd35,
+             "noise_awareness_guidance_sd35": noise_awareness_guidance_sd35,
              "diffier_cfg_sweep": diffier_cfg_sweep}
 
 

@@ -9,7 +9,9 @@ import torch
 
 from tools.comfy_host import TINY_OVERRIDES, sampler_names, txt2img, ui_to_api
 
-WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "diffier_cfg_sweep.json"
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOW = REPO / "workflows" / "diffier_cfg_sweep.json"
+DOCS = REPO / "web" / "docs"
 DIFFIER_NODES = {"ErrorControlDiffIERSampler", "ErrorControlDiffIERGapMeter"}
 
 
@@ -27,11 +29,14 @@ def test_diffier_is_in_every_sampler_dropdown_after_the_built_in_ones(comfy):
         assert names[: len(built_in)] == built_in, node
 
 
-def test_nodes_are_registered_and_labelled_as_a_reconstruction(comfy):
+def test_nodes_have_short_titles_and_say_they_are_a_reconstruction(comfy):
     info = comfy.object_info()
+    assert {node: info[node]["display_name"] for node in DIFFIER_NODES} == {
+        "ErrorControlDiffIERSampler": "DiffIER Sampler", "ErrorControlDiffIERGapMeter": "DiffIER Gap Meter"}
     for node in DIFFIER_NODES:
         assert info[node]["category"] == "sampling/error_control/diffier"
-        assert "reconstructed from the paper's abstract" in info[node]["display_name"]
+        assert "reconstructed from the paper's abstract" in info[node]["description"]
+        assert "reconstructed from the paper's abstract" in (DOCS / f"{node}.md").read_text().split("\n\n")[1].lower()
 
 
 @pytest.mark.parametrize("cfg", [1.0, 7.0])

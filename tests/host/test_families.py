@@ -215,7 +215,7 @@ def test_every_other_node_runs_on_the_family(comfy, family):
         assert tuple(latents[f"{prefix}_{name}"].shape) == shape, name
         assert torch.isfinite(latents[f"{prefix}_{name}"]).all(), name
     assert (comfy.base_dir / "models" / "vrg_profiles" / f"family_{family}.safetensors").is_file()
-    assert (comfy.base_dir / "models" / "nag_noise_estimators" / f"family_{family}_estimator.safetensors").is_file()
+    assert (comfy.base_dir / "models" / "noise_awareness_estimators" / f"family_{family}_estimator.safetensors").is_file()
 
 
 def test_batch_of_two_images_at_a_non_square_size_gets_one_omega_per_image(comfy, family):

@@ -2,12 +2,22 @@
 in SamplerCustomAdvanced, the Noise Shift Meter's plot, and clear errors after which the server keeps serving."""
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tools.comfy_host import CHECKPOINT_NAME, TINY_OVERRIDES, PromptFailed, txt2img, ui_to_api, with_input
+from tools.comfy_host import (
+    CHECKPOINT_NAME,
+    TINY_OVERRIDES,
+    PromptFailed,
+    PromptRejected,
+    txt2img,
+    ui_to_api,
+    with_input,
+)
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "noise_awareness_guidance.json"
 
@@ -161,7 +171,7 @@ def with_clean_latents(graph: dict) -> dict:
 
 
 def test_a_trained_estimator_is_saved_loaded_and_guides_a_ksampler(comfy):
-    folder = comfy.base_dir / "models" / "nag_noise_estimators"
+    folder = comfy.base_dir / "models" / "noise_awareness_estimators"
     trained = comfy.output_images(comfy.run(with_clean_latents(estimator_graph("nag_est_trained", training()))))
     assert (folder / f"{ESTIMATOR}.safetensors").stat().st_size > 10_000
     loaded = estimator_graph("nag_est_loaded", {"class_type": "ErrorControlLoadNoiseEstimator", "inputs": {
@@ -182,16 +192,62 @@ def test_the_meter_reads_levels_with_the_estimator_and_needs_no_profile(comfy):
     assert comfy.output_images(comfy.run(graph))
 
 
-def test_the_default_mode_without_an_estimator_says_what_to_connect(comfy):
+def test_the_default_mode_without_an_estimator_is_refused_before_the_run_saying_what_to_connect(comfy):
     graph = txt2img(steps=2, prefix="nag_default")
     graph["nag"] = {"class_type": "ErrorControlNoiseAwarenessGuidance", "inputs": {
         "model": ["ckpt", 0], "strength": 0.1, "mode": "estimator", "delta": 0.15, "start_percent": 0.5,
         "end_percent": 1.0}}
     graph["sample"]["inputs"]["model"] = ["nag", 0]
-    with pytest.raises(PromptFailed, match=r"Noise Awareness Guidance \(model patch\): input 'estimator': mode "
-                                           r"'estimator' \(the default\) needs a noise-level estimator. Train one"):
-        comfy.run(graph)
-    assert comfy.run(txt2img(prefix="nag_after_no_estimator"))
+    with pytest.raises(PromptRejected, match=r"Noise Awareness Guidance \(model patch\): input 'estimator': mode "
+                                             r"'estimator' \(the default\) needs a noise-level estimator, and none is "
+                                             r"connected. Train one"):
+        comfy.queue(graph)
+    assert comfy.run(with_input(graph, "nag", mode="fixed"))  # the training-free mode runs bare
+    with pytest.raises(PromptRejected, match=r"input 'mode' must be one of \['estimator', 'adaptive', 'fixed'\]"):
+        comfy.queue(with_input(graph, "nag", mode="bogus"))  # the mode's options are still checked
+
+
+OLD_NAMES = Path(__file__).resolve().parent / "data" / "old_names_noise_awareness_guidance.json"
+"""A workflow saved before the renames: the estimator's link type NAG_NOISE_ESTIMATOR, and it loads
+``old_estimator.safetensors``, which sits in the estimator folder's former name, models/nag_noise_estimators."""
+
+
+def test_a_workflow_and_an_estimator_file_of_the_old_names_still_load_and_run(comfy):
+    trained = comfy.base_dir / "models" / "noise_awareness_estimators" / "nag_old_source.safetensors"
+    if not trained.exists():
+        comfy.run(with_clean_latents(estimator_graph("nag_old_source", training(50, "nag_old_source"))))
+    former = comfy.base_dir / "models" / "nag_noise_estimators"
+    former.mkdir(parents=True, exist_ok=True)
+    shutil.copy(trained, former / "old_estimator.safetensors")
+    saved = json.loads(OLD_NAMES.read_text())
+    assert {link[5] for link in saved["links"]} >= {"NAG_NOISE_ESTIMATOR"}
+    info = comfy.object_info()
+    spec = info["ErrorControlLoadNoiseEstimator"]["input"]["required"]["estimator_name"]
+    assert "old_estimator.safetensors" in (spec[0] if isinstance(spec[0], list) else spec[1]["options"])
+    images = comfy.output_images(comfy.run(ui_to_api(saved, info, TINY_OVERRIDES)))
+    assert len(images) == 1
+
+
+def test_no_name_of_the_pack_says_nag(comfy):
+    """ComfyUI's own Normalized Attention Guidance is "NAG": no title, alias, type, folder, template or output folder of
+    the pack says NAG alone."""
+    nag = re.compile(r"(?<![A-Za-z])nag(?![A-Za-z])", re.IGNORECASE)
+    info = comfy.object_info()
+    ours = {node: i for node, i in info.items() if i["category"].startswith("sampling/error_control")}
+    for node, i in ours.items():
+        types = [spec[0] for spec in {**i["input"]["required"], **i["input"].get("optional", {})}.values()
+                 if isinstance(spec[0], str)] + list(i["output"])
+        names = [i["display_name"], i["category"], *(i.get("search_aliases") or []), *types]
+        assert not [name for name in names if nag.search(name.replace("_", " "))], node
+    workflows = Path(__file__).resolve().parents[2] / "workflows"
+    assert not [p.name for p in workflows.iterdir() if nag.search(p.stem.replace("_", " "))]
+    for path in workflows.glob("*.json"):
+        saved = json.loads(path.read_text())
+        words = [str(v) for n in saved["nodes"] for v in n.get("widgets_values") or [] if isinstance(v, str)]
+        words += [str(link[5]) for link in saved["links"]]
+        assert not [w for w in words if nag.search(w.replace("_", " ").replace("/", " "))], path.name
+    assert not [p.name for p in (comfy.base_dir / "models").iterdir()
+                if nag.search(p.name.replace("_", " ")) and p.name != "nag_noise_estimators"]
 
 
 def test_an_estimator_for_another_parametrisation_is_refused(comfy):
@@ -207,7 +263,7 @@ def test_an_estimator_for_another_parametrisation_is_refused(comfy):
     ("", r"Train Noise Estimator: input 'estimator_name' must be a plain file name"),
 ])
 def test_bad_estimator_names_write_nothing(comfy, name, message):
-    folder = comfy.base_dir / "models" / "nag_noise_estimators"
+    folder = comfy.base_dir / "models" / "noise_awareness_estimators"
     before = sorted(folder.iterdir()) if folder.exists() else []
     with pytest.raises(PromptFailed, match=message):
         comfy.run(with_clean_latents(estimator_graph("nag_bad_name", training(50, name))))

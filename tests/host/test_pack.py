@@ -26,7 +26,7 @@ PACK_NODES = {"ErrorControlDDIMInversionSampler", "ErrorControlInversionSigmas",
               "ErrorControlNoiseShiftMeter", "ErrorControlDiffIERSampler", "ErrorControlDiffIERGapMeter",
               "ErrorControlTrainNoiseEstimator", "ErrorControlLoadNoiseEstimator"}
 LINK_TYPES = {"MODEL", "CONDITIONING", "LATENT", "SIGMAS", "IMAGE", "GUIDER", "SAMPLER", "VRG_PROFILE", "POLARIS_TRACE",
-              "NAG_NOISE_ESTIMATOR"}
+              "NOISE_AWARENESS_ESTIMATOR"}
 
 
 @pytest.fixture(scope="module")

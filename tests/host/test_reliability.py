@@ -296,7 +296,7 @@ def test_an_interrupt_stops_within_moments_and_leaves_no_file(comfy, artefacts, 
         api = graph(t={"class_type": "ErrorControlTrainNoiseEstimator", "inputs": {
             "model": ["model", 0], "latent": ["latent", 0], "iterations": 100000, "batch_size": 8, "seed": 0,
             "estimator_name": "interrupted"}}, out=preview_image("t", 1))
-        folder = comfy.base_dir / "models" / "nag_noise_estimators"
+        folder = comfy.base_dir / "models" / "noise_awareness_estimators"
         folder.mkdir(parents=True, exist_ok=True)
     elif what == "POLARIS inversion":
         api = graph(invert=inversion(steps=1000), s={"class_type": "ErrorControlPolarisSaveTrace", "inputs": {
