@@ -27,6 +27,7 @@ class ArtefactFormat:
     fields: dict[str, type]
     what: str  # for messages, e.g. "VRG error profile"
     fix: str  # what the user can do about a bad file
+    former_names: tuple[str, ...] = ()  # format tags of files written before a rename: read as this format
 
     def save(self, path: str | os.PathLike, tensors: dict[str, Tensor], record: dict) -> None:
         """Write atomically: a temp file beside ``path``, then a rename, so no reader ever sees half a file."""
@@ -48,7 +49,7 @@ class ArtefactFormat:
         try:
             with safe_open(path, framework="pt") as f:
                 meta, keys = f.metadata() or {}, set(f.keys())
-                if meta.get("format") != self.name:
+                if meta.get("format") not in (self.name, *self.former_names):
                     raise ValueError(f"{where}: {path} is a safetensors file but not a {self.what}. {self.fix}")
                 if meta.get("format_version") != self.version:
                     raise ValueError(f"{where}: {path} has {self.what} format {meta.get('format_version')!r}, this pack "

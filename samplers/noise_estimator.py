@@ -184,9 +184,10 @@ _RECORD = {"flow": bool, "latent_format": str, "sigma_min": float, "sigma_max": 
            "iterations": int, "batch_size": int, "seed": int, "latents": int, "final_loss": float, "log_error": float,
            "model": str, "pack_version": str}
 _TENSORS = tuple(NoiseLevelNet(1).state_dict())
-ESTIMATOR_FORMAT = ArtefactFormat("error_control_samplers.nag_noise_estimator", "1", _TENSORS, _RECORD,
+ESTIMATOR_FORMAT = ArtefactFormat("error_control_samplers.noise_awareness_estimator", "1", _TENSORS, _RECORD,
                                   "Noise Awareness Guidance noise estimator",
-                                  "Choose a file written by 'Train Noise Estimator', or train one again.")
+                                  "Choose a file written by 'Train Noise Estimator', or train one again.",
+                                  former_names=("error_control_samplers.nag_noise_estimator",))
 
 
 def save_estimator(estimator: NoiseEstimator, path: str | os.PathLike) -> None:

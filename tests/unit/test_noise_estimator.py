@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from bench.kit import schedule
 from bench.nag import fine_schedule, learned_estimator, miscalibrated_model, window
@@ -104,6 +106,22 @@ def test_the_file_round_trips_and_builds_a_differentiable_estimator_inside_infer
     assert loaded.latent_format == estimator.latent_format and loaded.sigma_range == estimator.sigma_range
     with torch.inference_mode():
         assert noise_level_gradient(loaded, x, sigma).abs().sum() > 0
+
+
+def test_a_file_written_under_the_formats_former_name_still_loads(trained, tmp_path):
+    estimator, _ = trained
+    path = tmp_path / "old.safetensors"
+    save_estimator(estimator, path)
+    tensors = load_file(path)
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+    assert metadata["format"] == "error_control_samplers.noise_awareness_estimator"
+    save_file(tensors, path, metadata={**metadata, "format": "error_control_samplers.nag_noise_estimator"})
+    x, sigma = smooth_latents(2, 5) + 0.4 * torch.randn(2, 4, 32, 32), torch.full((2,), 0.3)
+    assert torch.equal(load_estimator(path)(x, sigma), estimator(x, sigma).detach())
+    save_file(tensors, path, metadata={**metadata, "format": "error_control_samplers.vrg_profile"})
+    with pytest.raises(ValueError, match="not a Noise Awareness Guidance noise estimator"):
+        load_estimator(path)
 
 
 def test_damaged_and_mismatched_files_are_refused(trained, tmp_path):
