@@ -27,7 +27,7 @@ from samplers import core
 from samplers.nag import estimate_sigma, nag_guided
 from samplers.vrg import optimize_sigmas
 
-from . import diffier, nag, polaris, testbed4, vrg
+from . import diffier, editing, nag, polaris, testbed4, vrg
 from .kit import markdown_table
 from .testbeds import gmm
 
@@ -245,7 +245,8 @@ def write_report(mode: Mode, out: Path = OUT, cost: bool = True) -> Path:
     began, timings, sections = time.perf_counter(), {}, []
     runs: list[tuple[str, Callable[[Mode], str]]] = [("POLARIS", polaris_section), ("Noise Awareness Guidance", nag_section),
                                                      ("DiffIER", diffier_section), ("VRG", vrg_section),
-                                                     ("testbed 4", lambda m: testbed4_section(m, out))]
+                                                     ("testbed 4", lambda m: testbed4_section(m, out)),
+                                                     ("editing", lambda m: section(*editing.report_section(m is QUICK, out)))]
     if cost:
         runs.append(("cost", cost_section))
     for name, run in runs:

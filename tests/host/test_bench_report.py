@@ -10,7 +10,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ["POLARIS inversion", "Noise Awareness Guidance", "DiffIER", "VRG schedules",
-            "Testbed 4: every method against its peers", "Cost against the plain KSampler"]
+            "Testbed 4: every method against its peers", "Testbed 4: editing (invert A, denoise B)",
+            "Cost against the plain KSampler"]
 PLOTS = ["polaris_omega.png", "vrg_schedules.png", "vrg_error_profile.png", "noise_shift.png", "quality_vs_nfe.png"]
 
 
@@ -44,6 +45,9 @@ BASELINE_ROWS = {  # per section: table cells of the method and of its baselines
         "| POLARIS |", "| FlipSigmas + euler (cfg 1 → 1) |", "| Unsampler (cfg 1 → 1) |", "| RF-Inversion", "| APG",
         "| CFG-Zero* |", "| RescaleCFG", "| CFGNorm |", "| AYS (SD1, mapped) |", "| OptimalSteps (FLUX) |",
         "| estimator w 0.1 |", "### Headline", "### Where we lose"],
+    "Testbed 4: editing (invert A, denoise B)": [
+        "| POLARIS | ours | blend β 0 |", "| DDIM inversion (eval_at current) |", "| DDIM inversion (eval_at next) |",
+        "| FlipSigmas + euler |", "| Unsampler (cfg w both ways) |", "| RF-Inversion (γ 0.5) |", "### Headline"],
     "Cost against the plain KSampler": ["POLARIS Inversion", "POLARIS Denoise", "Noise Awareness Guidance", "VRG", "DiffIER",
                                         "KSampler euler"],
 }
@@ -74,3 +78,8 @@ def test_testbed4_plots_show_ours_and_the_peers(report):
             assert f"]({name})" in text
             with Image.open(report.parent / name) as image:
                 assert len(image.convert("RGB").getcolors(1 << 16) or []) > 10
+    for family in ("eps", "flow"):
+        name = f"editing_{family}.png"
+        assert f"]({name})" in text
+        with Image.open(report.parent / name) as image:
+            assert len(image.convert("RGB").getcolors(1 << 16) or []) > 10
