@@ -1,6 +1,7 @@
 """The pack inside a real ComfyUI server: registration, dropdowns, example workflows, errors, round trips."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,13 @@ def test_every_pack_node_has_a_doc_page_and_every_widget_a_tooltip(object_info):
     ours = {name for name, info in object_info.items() if info["category"].startswith("sampling/error_control")}
     assert PACK_NODES <= ours
     for node in ours:
-        assert (REPO / "web" / "docs" / f"{node}.md").is_file(), node
+        doc = REPO / "web" / "docs" / f"{node}.md"
+        assert doc.is_file(), node
         inputs = {**object_info[node]["input"]["required"], **object_info[node]["input"].get("optional", {})}
+        settings = doc.read_text().split("## Settings", 1)[-1].split("\n## ", 1)[0]
+        documented = {name for line in settings.splitlines() if line.startswith("| `")
+                      for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
+        assert set(inputs) <= documented, f"{node}: inputs missing from its doc's Settings table"
         for name, spec in inputs.items():
             if spec[0] not in LINK_TYPES:
                 assert spec[1].get("tooltip"), f"{node}.{name} has no tooltip"
