@@ -19,7 +19,12 @@ strength knob where it has one (a curve in the plot):
   ODE (γ), the controlled reverse with B at cfg w, pulled towards the source for the first quarter (η: the knob).
 * **POLARIS** (arXiv 2512.00369): the least-squares ω of the A pair, replayed with the B pair; ``blend`` β adds
   ``β·(cfg - 1)`` to ω (β 0: the replay, which ignores the cfg; β 1: the cfg re-applied). β is the knob.
+* **POLARIS + reference controller**: POLARIS at blend β 1 with RF-Inversion's pull towards the source on the first
+  quarter of the steps (``samplers.polaris.reference_controller``, strength η: the knob).
 * **sample B from noise**: no inversion, a reference for what an unconstrained class-B picture scores.
+
+The same methods also reconstruct (B = A at cfg 1, where a guided step costs one call, so the recipes that invert at cfg
+1 get twice POLARIS's steps) in a second table.
 
 Seed ``k`` edits the ``k``-th disjoint part of the held-out patches (:func:`edit_pairs`); table cells are mean ± std over
 seeds (``testbed4.Tally``). :func:`headline` reads the success-vs-PSNR Pareto front of each twin and cfg.
@@ -47,7 +52,7 @@ from .inversion import levels
 from .kit import Counted, markdown_table, schedule
 from .testbed4 import FULL as TESTBED_FULL
 from .testbed4 import QUICK as TESTBED_QUICK
-from .testbed4 import Tally, Testbed, counters, family, guided_at, load_testbed, printable, start_state
+from .testbed4 import Tally, Testbed, counters, family, guided_at, load_testbed, pair_at, printable, start_state
 from .testbeds import patches
 from .testbeds.digits import psnr
 
@@ -65,11 +70,15 @@ class Setting:
     rf_gammas: tuple[float, ...] = (0.5, 1.0)
     rf_etas: tuple[float, ...] = (0.0, 0.5, 0.9)
     blends: tuple[float, ...] = (0.0, 0.5, 1.0)
+    controller_etas: tuple[float, ...] = (0.5, 0.9)
+    controller_blend: float = 1.0
+    reconstruction_steps: tuple[int, ...] = (10,)
     testbed: object = TESTBED_FULL
 
 
 FULL = Setting()
-QUICK = Setting(patches=10, steps=3, rf_gammas=(0.5,), rf_etas=(0.0, 0.9), blends=(0.0, 1.0), testbed=TESTBED_QUICK)
+QUICK = Setting(patches=10, steps=3, rf_gammas=(0.5,), rf_etas=(0.0, 0.9), blends=(0.0, 1.0), controller_etas=(0.9,),
+                reconstruction_steps=(3,), testbed=TESTBED_QUICK)
 """CI smoke: testbed 4's tiny quick models, a handful of patches."""
 
 
@@ -118,10 +127,11 @@ class Method:
     per_cfg_inversion: bool = False
 
 
-def methods(x0: Tensor, noise: Tensor, setting: Setting, flow: bool) -> list[Method]:
-    """Every method of the module doc at equal NFE (``4·steps`` a patch) for ``x0`` on one twin."""
+def methods(x0: Tensor, noise: Tensor, setting: Setting, flow: bool, down: int = 2) -> list[Method]:
+    """Every method of the module doc at equal NFE (``4·steps`` a patch) for ``x0`` on one twin; ``down`` is the NFE of
+    a guided denoising step (1 at cfg 1, where the cheaper recipes get more steps)."""
     budget = 4 * setting.steps
-    n3 = steps_at(budget, 1, 2)  # cfg-1 inversion, cfg-w denoising
+    n3 = steps_at(budget, 1, down)  # cfg-1 inversion, cfg-w denoising
     sigmas3 = schedule(n3, flow)
     up3, down3 = levels(n3, flow)
 
@@ -139,14 +149,17 @@ def methods(x0: Tensor, noise: Tensor, setting: Setting, flow: bool) -> list[Met
                               lambda z, b, w, eta: peers.rf_inversion_reverse(guided_at(b, w), z, sigmas3, x0, eta),
                               "η", setting.rf_etas))
     else:
-        n4 = steps_at(budget, 2, 2)
-        sigmas4 = schedule(n4, flow)
-        out.append(Method("Unsampler (cfg w both ways)", lambda a, null, w: peers.unsampler(a.pair, x0, sigmas4, w),
+        sigmas4 = schedule(steps_at(budget, down, down), flow)
+        out.append(Method("Unsampler (cfg w both ways)", lambda a, null, w: peers.unsampler(pair_at(a, w), x0, sigmas4, w),
                           lambda z, b, w, _: ddim(guided_at(b, w), z, sigmas4, flow), per_cfg_inversion=True))
     up = levels(steps_at(budget, 2, 2), flow)[0]
-    out.append(Method("POLARIS", lambda a, null: polaris_invert(a.pair, x0, up, flow, eval_at="current"),
-                      lambda zt, b, w, beta: polaris_denoise(b.pair, zt[0], zt[1], cfg=w, blend=beta),
+    polaris = lambda a, null: polaris_invert(a.pair, x0, up, flow, eval_at="current")  # noqa: E731
+    out.append(Method("POLARIS", polaris, lambda zt, b, w, beta: polaris_denoise(b.pair, zt[0], zt[1], cfg=w, blend=beta),
                       "blend β", setting.blends, role="ours"))
+    beta = setting.controller_blend
+    out.append(Method(f"POLARIS + reference controller (β {beta:g})", polaris,
+                      lambda zt, b, w, eta: polaris_denoise(b.pair, zt[0], zt[1], cfg=w, blend=beta, reference=x0, eta=eta),
+                      "η", setting.controller_etas, role="ours"))
     top = sigmas3[0]
     out.append(Method("sample B from noise (no inversion)", lambda a, null: start_state(noise, top, flow),
                       lambda z, b, w, _: ddim(guided_at(b, w), z, sigmas3, flow), role="reference"))
@@ -157,33 +170,43 @@ def methods(x0: Tensor, noise: Tensor, setting: Setting, flow: bool) -> list[Met
 # The run
 
 
-def edit_rows(testbed: Testbed, setting: Setting) -> list[dict]:
+def edit_rows(testbed: Testbed, setting: Setting, reconstruct: bool = False) -> list[dict]:
     """Success (accuracy for B), PSNR and SSIM to the source, mean ± std over seeds, per twin, cfg, method and knob
-    value; ``nfe`` is counted (inversion and denoising together, a patch)."""
+    value; ``nfe`` is counted (inversion and denoising together, a patch). ``reconstruct``: B = A at cfg 1, every
+    method at its own equal-NFE steps for each of ``reconstruction_steps`` (the ``POLARIS steps`` column)."""
     tally = Tally()
+    runs = [(replace(setting, steps=n), (1.0,)) for n in setting.reconstruction_steps] if reconstruct else [
+        (setting, setting.scales)]
     for flow in (False, True):
         model = testbed.models[flow]
         for seed, x0, a, b in edit_pairs(testbed.data, setting.patches, setting.seeds):
+            b = a if reconstruct else b
             noise = patches.initial_noise(len(x0), 1000 + seed)
             null_denoiser = model.denoiser(None)
-            for method in methods(x0, noise, setting, flow):
-                inverted: dict[float | None, tuple[object, int]] = {}
-                for scale in setting.scales:
-                    key = scale if method.per_cfg_inversion else None
-                    if key not in inverted:
-                        counted_a, null = counters(model, a), Counted(core.conditional_pair(null_denoiser), null_denoiser)
-                        state = (method.invert(counted_a, null, scale) if method.per_cfg_inversion
-                                 else method.invert(counted_a, null))
-                        inverted[key] = (state, counted_a.evals + null.evals)
-                    state, up_evals = inverted[key]
-                    for value in method.values:
-                        counted_b = counters(model, b)
-                        x = method.edit(state, counted_b, scale, value).float()
-                        identity = {"family": family(flow), "cfg": scale, "method": method.name, "role": method.role,
-                                    "knob": f"{method.knob} {value:g}" if method.knob else "",
-                                    "nfe": up_evals + counted_b.evals}
-                        tally.add(identity, success=patches.label_accuracy(testbed.classifier, x, b),
-                                  psnr=psnr(x, x0).mean(), ssim=ssim(x, x0).mean())
+            for sized, scales in runs:
+                for method in methods(x0, noise, sized, flow, down=1 if reconstruct else 2):
+                    if reconstruct and method.role == "reference":
+                        continue
+                    inverted: dict[float | None, tuple[object, int]] = {}
+                    for scale in scales:
+                        key = scale if method.per_cfg_inversion else None
+                        if key not in inverted:
+                            counted_a = counters(model, a)
+                            null = Counted(core.conditional_pair(null_denoiser), null_denoiser)
+                            state = (method.invert(counted_a, null, scale) if method.per_cfg_inversion
+                                     else method.invert(counted_a, null))
+                            inverted[key] = (state, counted_a.evals + null.evals)
+                        state, up_evals = inverted[key]
+                        for value in (method.values[:1] if reconstruct and method.knob == "blend β" else method.values):
+                            counted_b = counters(model, b)
+                            x = method.edit(state, counted_b, scale, value).float()
+                            identity = {"family": family(flow), "cfg": scale, "method": method.name, "role": method.role,
+                                        "knob": f"{method.knob} {value:g}" if method.knob else "",
+                                        "nfe": up_evals + counted_b.evals}
+                            if reconstruct:
+                                identity = {"family": family(flow), "POLARIS steps": sized.steps} | identity
+                            tally.add(identity, success=patches.label_accuracy(testbed.classifier, x, b),
+                                      psnr=psnr(x, x0).mean(), ssim=ssim(x, x0).mean())
     return tally.rows()
 
 
@@ -272,16 +295,17 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     return paths
 
 
-def run(setting: Setting = FULL) -> list[dict]:
-    """Every row of :func:`edit_rows` on the testbed of ``setting``."""
-    return edit_rows(load_testbed(setting.testbed), setting)
+def run(setting: Setting = FULL) -> tuple[list[dict], list[dict]]:
+    """The edit rows and the reconstruction rows (:func:`edit_rows`) on the testbed of ``setting``."""
+    testbed = load_testbed(setting.testbed)
+    return edit_rows(testbed, setting), edit_rows(testbed, setting, reconstruct=True)
 
 
 def report_section(quick: bool, out_dir: Path) -> tuple[str, str, str]:
     """(title, command, body) of the report's editing section; writes the plots into ``out_dir``."""
     setting = QUICK if quick else FULL
-    began = time.perf_counter()
-    rows = run(setting)
+    began, cpu = time.perf_counter(), time.process_time()
+    rows, reconstruction = run(setting)
     paths = plot(rows, out_dir)
     body = (("Quick mode: tiny models trained in seconds; the numbers only show the pipeline runs.\n\n" if quick else "")
             + f"Held-out patches of class A inverted with the A label and denoised with a class B ≠ A; {setting.patches} "
@@ -290,7 +314,9 @@ def report_section(quick: bool, out_dir: Path) -> tuple[str, str, str]:
             "PSNR and SSIM to the source. Plots: " + ", ".join(f"[{p.name}]({p.name})" for p in paths) + ".\n\n"
             "### Headline: the success-vs-PSNR front\n\n" + markdown_table(headline(rows)) +
             "\n\n### Every method\n\n" + markdown_table(table(rows)) +
-            f"\n\n({time.perf_counter() - began:.0f} s)\n")
+            "\n\n### Reconstruction at equal NFE (B = A, cfg 1; success: accuracy for A)\n\n" +
+            markdown_table(table(reconstruction)) + f"\n\n({time.perf_counter() - began:.0f} s, "
+            f"{time.process_time() - cpu:.0f} s CPU)\n")
     return "Testbed 4: editing (invert A, denoise B)", "python -m bench.editing" + (" --quick" if quick else ""), body
 
 
@@ -303,12 +329,13 @@ def main() -> None:
     setting = QUICK if args.quick else FULL
     if args.patches:
         setting = replace(setting, patches=args.patches)
-    began = time.perf_counter()
-    rows = run(setting)
-    print(f"### Headline\n\n{markdown_table(headline(rows))}\n\n### Every method\n\n{markdown_table(table(rows))}")
+    began, cpu = time.perf_counter(), time.process_time()
+    rows, reconstruction = run(setting)
+    print(f"### Headline\n\n{markdown_table(headline(rows))}\n\n### Every method\n\n{markdown_table(table(rows))}\n\n"
+          f"### Reconstruction at equal NFE\n\n{markdown_table(table(reconstruction))}")
     for path in plot(rows, args.out):
         print(f"wrote {path}")
-    print(f"\nrun time {time.perf_counter() - began:.0f} s")
+    print(f"\nrun time {time.perf_counter() - began:.0f} s, {time.process_time() - cpu:.0f} s CPU")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from comfy_api.latest import io
 from ..plots.figures import omega_figure
 from ..samplers.core import cfg_mix, check_sigmas, conditional_pair, inversion_sigmas
 from ..samplers.inversion import check_eval_at, ddim
-from ..samplers.polaris import SOLVERS, SPACES, PolarisTrace, Replay, polaris_invert
+from ..samplers.polaris import SOLVERS, SPACES, PolarisTrace, Replay, polaris_invert, reference_controller
 from . import types
 from .comfy_seam import (
     EXPERT,
@@ -42,6 +42,7 @@ from .comfy_seam import (
     sampler_model_patcher,
     sampler_model_sampling,
     sampler_pair_denoiser,
+    sampler_space,
     scheduler_sigmas,
     step_callback,
 )
@@ -256,19 +257,33 @@ class PolarisDenoise(io.ComfyNode):
             category=CATEGORY,
             description="Denoises the latent a POLARIS inversion made, replaying its omega step by step: with the source "
                         "prompt it reconstructs the image, with an edited prompt it edits it and keeps the rest.",
-            inputs=REPLAY_INPUTS,
+            inputs=REPLAY_INPUTS + [
+                io.Latent.Input("reference", optional=True,
+                                tooltip="Optional: the source image's latent (the one you inverted). With "
+                                        "reference_strength > 0 the first quarter of the steps is pulled towards it "
+                                        "(RF-Inversion's controller): closer to the source, weaker edits."),
+                io.Float.Input("reference_strength", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="eta of the pull towards 'reference' (0: off; RF-Inversion uses 0.9)."),
+            ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, trace, cfg, blend) -> io.NodeOutput:
+    def execute(cls, model, positive, negative, trace, cfg, blend, reference=None,
+                reference_strength: float = 0.0) -> io.NodeOutput:
         node = "POLARIS Denoise"
         guider = replay_guider(model, positive, negative, trace, cfg, blend, node)
+        if reference is not None and tuple(reference["samples"].shape) != tuple(trace.latent.shape):
+            raise ValueError(f"{node}: 'reference' has shape {tuple(reference['samples'].shape)}, the trace was made for "
+                             f"{tuple(trace.latent.shape)}. Connect the latent you inverted.")
 
         def from_trace(model_k, x, sigmas, extra_args=None, callback=None, disable=None, **_):
             # Start from the inverted state itself: ComfyUI's noise scaling of a LATENT would alter it for flow models.
-            return ddim(sampler_denoiser(model_k, extra_args), trace.latent.to(x), sigmas, trace.flow,
-                        callback=step_callback(callback))
+            denoiser = sampler_denoiser(model_k, extra_args)
+            if reference is not None:
+                denoiser = reference_controller(denoiser, sampler_space(model, reference["samples"]).to(x),
+                                                reference_strength, sigmas)
+            return ddim(denoiser, trace.latent.to(x), sigmas, trace.flow, callback=step_callback(callback))
 
         samples = sample_with(guider, torch.zeros(trace.latent.shape), trace.replay_sigmas(), from_trace)
         return io.NodeOutput({"samples": samples})

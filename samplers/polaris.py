@@ -18,6 +18,7 @@ authors' code; ``solver="fixed"`` keeps ω constant, which is plain CFG inversio
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -256,14 +257,43 @@ def replay_denoiser(pair_denoiser: PairDenoiser, replay: Replay) -> Denoiser:
     return denoiser
 
 
+REFERENCE_STOP = 0.25
+"""The share of the denoising steps the reference controller acts on (RF-Inversion's τ = 7 of 28 steps)."""
+
+
+def reference_controller(denoiser: Denoiser, reference: Tensor, eta: float, sigmas: Tensor,
+                         stop: float = REFERENCE_STOP) -> Denoiser:
+    """RF-Inversion's controller (Rout et al. 2024, arXiv 2410.10792, eq. 15 and Algorithm 2) on any denoiser: on the
+    first ``⌈stop·N⌉`` of the ``N`` steps down the descending ``sigmas`` the x̂0 becomes ``D + η·(y0 - D)``, a pull
+    towards the reference image y0 (the source latent). For flow models the Euler step on that x̂0 is the paper's
+    controlled field ``v + η·(v(·|y0) - v)``; for EPS/V models it is the same blend of x̂0 in a DDIM step."""
+    pulled = math.ceil(stop * (len(sigmas) - 1))
+    if eta == 0 or pulled == 0:
+        return denoiser
+    lowest = float(sigmas[pulled - 1]) * (1 - 1e-4)  # a host may hand the levels back in float32
+
+    def controlled(x: Tensor, sigma: Tensor) -> Tensor:
+        denoised = denoiser(x, sigma)
+        on = append_dims(sigma.reshape(-1).expand(x.shape[0]) >= lowest, x.ndim)
+        return torch.where(on, denoised + eta * (reference.to(denoised) - denoised), denoised)
+
+    return controlled
+
+
 def polaris_denoise(pair_denoiser: PairDenoiser, z: Tensor, trace: PolarisTrace, cfg: float = 1.0, blend: float = 0.0,
-                    callback: StepCallback | None = None) -> Tensor:
+                    callback: StepCallback | None = None, reference: Tensor | None = None, eta: float = 0.0,
+                    stop: float = REFERENCE_STOP) -> Tensor:
     """Denoise ``z`` (usually ``trace.latent``) down the trace's levels with the recorded ω, time-aligned.
 
     DDIM/Euler steps (:func:`samplers.inversion.ddim`), the mirror image of the inversion; ``blend > 0`` adds
     ``blend·(cfg - 1)`` to every ω for edits (docs/methods.md#polaris-choices).
+    With a ``reference`` (the source latent) and ``eta > 0``, RF-Inversion's controller pulls the first ``stop`` of the
+    steps towards it (:func:`reference_controller`).
     """
-    replay = Replay(trace, cfg, blend)
-    x = ddim(replay_denoiser(pair_denoiser, replay), z, trace.replay_sigmas(), trace.flow, callback=callback)
+    replay, sigmas = Replay(trace, cfg, blend), trace.replay_sigmas()
+    denoiser = replay_denoiser(pair_denoiser, replay)
+    if reference is not None:
+        denoiser = reference_controller(denoiser, reference, eta, sigmas, stop)
+    x = ddim(denoiser, z, sigmas, trace.flow, callback=callback)
     replay.check()
     return x

@@ -139,3 +139,17 @@ def test_replaying_on_a_latent_of_another_size_says_so(comfy):
     with pytest.raises(PromptFailed, match=r"POLARIS Replay \(guider\): the latent has shape \(1, 4, 8, 16\), the trace was made "
                                            r"for \(1, 4, 8, 8\)"):
         comfy.run(graph)
+
+
+@pytest.mark.parametrize("family", ["eps", "flow"])
+def test_denoise_with_a_reference_pulls_towards_the_source_latent(comfy, family):
+    errors = {}
+    for strength in (0.0, 0.9):
+        prefix = f"polaris_reference_{family}_{int(strength * 10)}"
+        graph = polaris_graph(4, MODEL_FAMILIES[family], prefix)
+        graph["denoise"]["inputs"] = {**graph["denoise"]["inputs"], "reference": ["latent", 0],
+                                      "reference_strength": strength}  # a copy: the guider shares the dict
+        latents = comfy.output_latents(comfy.run(graph))
+        x0, out = latents[f"{prefix}_in"], latents[f"{prefix}_out"]
+        errors[strength] = ((out - x0) ** 2).mean().item()
+    assert errors[0.9] < 0.9 * errors[0.0], errors

@@ -68,7 +68,8 @@ def testbed(tmp_path_factory) -> t4.Testbed:
 
 
 def test_every_edit_method_spends_the_same_model_calls_and_the_plots_are_written(testbed, tmp_path):
-    setting = editing.Setting(seeds=(0, 1), patches=4, steps=3, rf_gammas=(0.5,), rf_etas=(0.0, 0.9), blends=(0.0, 1.0))
+    setting = editing.Setting(seeds=(0, 1), patches=4, steps=3, rf_gammas=(0.5,), rf_etas=(0.0, 0.9), blends=(0.0, 1.0),
+                              controller_etas=(0.9,), reconstruction_steps=(3,))
     rows = editing.edit_rows(testbed, setting)
     for fam in ("eps", "flow"):
         for scale in setting.scales:
@@ -82,6 +83,11 @@ def test_every_edit_method_spends_the_same_model_calls_and_the_plots_are_written
     for fam in ("eps", "flow"):  # β 0 replays ω and ignores the cfg
         replay = [r["psnr"] for r in rows if r["family"] == fam and r["method"] == "POLARIS" and r["knob"] == "blend β 0"]
         assert len(replay) == 2 and replay[0] == replay[1]
+    assert {r["knob"] for r in rows if r["method"] == "POLARIS + reference controller (β 1)"} == {"η 0.9"}
     assert len(editing.headline(rows)) == 2 * len(setting.scales)
+    reconstruction = editing.edit_rows(testbed, setting, reconstruct=True)  # cfg 1: a guided step costs one call
+    assert {(r["cfg"], r["POLARIS steps"], r["nfe"]) for r in reconstruction} == {(1.0, 3, 12)}
+    assert {r["role"] for r in reconstruction} == {"baseline", "peer", "ours"}
+    assert {r["knob"] for r in reconstruction if r["method"] == "POLARIS"} == {"blend β 0"}
     paths = editing.plot(rows, tmp_path)
     assert [p.name for p in paths] == ["editing_eps.png", "editing_flow.png"] and all(p.stat().st_size > 20_000 for p in paths)

@@ -203,3 +203,37 @@ def test_half_precision_latents_invert_without_overflow(mixture, x0, dtype):
     z, trace = polaris.polaris_invert(pair, big, levels(5, False)[0].to(dtype))
     assert z.dtype == dtype and torch.isfinite(z).all()
     assert torch.isfinite(trace.omega).all() and (trace.omega[1:] != 1).any()
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_the_reference_controller_pulls_the_first_quarter_of_the_steps(mixture, x0, flow):
+    trace = polaris.polaris_invert(mixture.pair_denoiser(1, flow), x0, levels(10, flow)[0], flow)[1]
+    sigmas, seen = trace.replay_sigmas(), []
+
+    def recording(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        seen.append(float(sigma[0]))
+        return torch.zeros_like(x)
+
+    reference = torch.ones_like(x0)
+    controlled = polaris.reference_controller(recording, reference, 0.9, sigmas)
+    pulled = [bool((controlled(x0, sigma.expand(len(x0))) == 0.9).all()) for sigma in sigmas[:-1]]
+    assert pulled == [True] * 3 + [False] * 7  # ⌈0.25·10⌉ steps, as RF-Inversion's i < τ
+    assert seen == [float(s) for s in sigmas[:-1]]
+    assert polaris.reference_controller(recording, reference, 0.0, sigmas) is recording
+    everywhere = polaris.polaris_denoise(mixture.pair_denoiser(1, flow), trace.latent, trace, reference=reference, eta=1.0,
+                                         stop=1.0)
+    assert torch.allclose(everywhere, reference)  # η 1 on every step: x̂0 is the reference, so the walk lands on it
+
+
+def test_the_reference_controller_at_omega_one_is_rf_inversions_reverse_pass(mixture, x0):
+    from bench import peers
+
+    cond = mixture.denoiser(1, True)
+    trace = polaris.polaris_invert(core.conditional_pair(cond), x0, levels(8, True)[0], True)[1]
+    assert (trace.omega == 1).all()
+    reference = mixture.sample(64, torch.Generator().manual_seed(9), cls=1)
+    ours = polaris.polaris_denoise(core.conditional_pair(cond), trace.latent, trace, reference=reference, eta=0.7)
+    theirs = peers.rf_inversion_reverse(cond, trace.latent, trace.replay_sigmas(), reference, eta=0.7)
+    assert torch.allclose(ours, theirs, atol=1e-12)
+    plain = polaris.polaris_denoise(core.conditional_pair(cond), trace.latent, trace)
+    assert (ours - reference).pow(2).mean() < (plain - reference).pow(2).mean()
