@@ -179,7 +179,7 @@ class GuidanceNode(io.ComfyNode):
     TITLE = "Noise Awareness Guidance"
 
     @classmethod
-    def validate_inputs(cls, mode: str | None, estimator: object = NOT_CONNECTED) -> bool | str:
+    def validate_inputs(cls, mode: str | None = None, estimator: object = NOT_CONNECTED) -> bool | str:
         """ComfyUI's check before the run: a bare node in mode 'estimator' (the default) with no estimator connected is
         refused there, with the message on the node, instead of failing after Run. (ComfyUI skips its own check of the
         inputs named here, so the mode's options are checked too; a linked mode is known only when the node runs.)"""
