@@ -107,7 +107,10 @@ def deterministic_twin(sampler_name: str) -> str:
 
 
 def parse_steps(text: str, node: str) -> list[int]:
-    """Step counts from a list like "10, 20, 30" (each 2–1000, repeats dropped), or a ValueError saying what to write."""
+    """Step counts from a list like "10, 20, 30" (each 2–1000, repeats dropped; blank: none), or a ValueError saying
+    what to write."""
+    if not text.strip():
+        return []
     parts = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
     if not parts or not all(part.isdigit() and 2 <= int(part) <= 1000 for part in parts):
         raise ValueError(f"{node}: input 'search_steps' must list step counts from 2 to 1000 separated by commas, e.g. "
@@ -116,7 +119,8 @@ def parse_steps(text: str, node: str) -> list[int]:
 
 
 def search_candidates(model, steps: int) -> dict[str, torch.Tensor]:
-    """Every host scheduler (not 'vrg') that gives this model a full ``steps``-step schedule, and the family's tables."""
+    """Every host scheduler (not 'vrg') that gives this model a full ``steps``-step schedule, and the family's tables;
+    a schedule equal to an earlier one is measured once, under the earlier name."""
     found = {}
     for name in comfy.samplers.SCHEDULER_NAMES:
         if name != SCHEDULER_NAME:
@@ -128,10 +132,12 @@ def search_candidates(model, steps: int) -> dict[str, torch.Tensor]:
     usable = {}
     for name, sigmas in found.items():
         full = len(sigmas) == steps + 1 and sigmas[-1] == 0 and bool((sigmas.diff() < 0).all())
-        if full:
+        same = next((other for other, kept in usable.items() if torch.equal(kept, sigmas.double())), None)
+        if full and same is None:
             usable[name] = sigmas.double()
         else:
-            logging.info(f"VRG Calibrate: scheduler {name!r} gives no {steps}-step schedule ending at 0; not searched.")
+            why = f"the same as {same!r}" if full else f"no {steps}-step schedule ending at 0"
+            logging.info(f"VRG Calibrate: scheduler {name!r} gives {why}; not searched.")
     return usable
 
 
@@ -169,9 +175,10 @@ class VRGCalibrate(io.ComfyNode):
                                 tooltip="File name in models/vrg_profiles (letters, digits, '_', '-', '.')."),
                 io.Combo.Input("sampler_name", options=sampler_names(), default="euler", optional=True,
                                tooltip="The KSampler sampler you will use: the schedule search samples with it."),
-                io.String.Input("search_steps", default="20", optional=True,
-                                tooltip="Step counts to search a schedule for, e.g. '10, 20, 30'. The SIGMAS output is "
-                                        "the first one's."),
+                io.String.Input("search_steps", default="", optional=True,
+                                tooltip="Step counts to search a schedule for, e.g. '10, 20, 30' (blank: calibrate "
+                                        "only). Each costs about 2 × (schedulers) × steps + 8 × steps model calls per "
+                                        "noise sample. The sigmas output is the first one's choice."),
                 io.Int.Input("search_bank", default=DEFAULT_BANK, min=1, max=256, optional=True,
                              tooltip="Noise samples each schedule is measured on (32: the pick was stable on the "
                                      "bench's testbeds; fewer is faster and noisier).", **EXPERT),
@@ -183,7 +190,7 @@ class VRGCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, positive, cfg, grid_points, seed, profile_name, sampler_name="euler",
-                search_steps="20", search_bank=DEFAULT_BANK, negative=None) -> io.NodeOutput:
+                search_steps="", search_bank=DEFAULT_BANK, negative=None) -> io.NodeOutput:
         node = "VRG Calibrate"
         target = types.new_file(types.PROFILE_FOLDER, profile_name, node, "profile_name")
         samples = latent["samples"]
@@ -206,16 +213,28 @@ class VRGCalibrate(io.ComfyNode):
         with_guided_denoiser(model, positive, negative if negative is not None else positive, cfg, samples, seed, measure,
                              sampler_name=twin)
         choices = {steps: result[steps] for steps in steps_list}
+        if not choices:
+            return cls.profile_only(model, result["profile"], cfg, target)
         for steps, choice in choices.items():
             logging.info(f"{node}: {steps} steps with {twin}: picked {choice.name} ({choice.model_calls} model calls); "
                          + ", ".join(f"{k} {v:.4g}" for k, v in sorted(choice.errors.items(), key=lambda kv: kv[1])))
-        profile = dataclasses.replace(result["profile"], model=model_fingerprint(model), pack_version=PACK_VERSION,
-                                      conditioning=f"given conditioning, cfg {cfg:g}",
-                                      schedules={str(n): c.record(twin, search_bank) for n, c in choices.items()})
+        profile = stamped(result["profile"], model, cfg, {str(n): c.record(twin, search_bank) for n, c in choices.items()})
         profile.save(target)
         plot, searched = profile_plot(profile), search_plot(choices)
         return io.NodeOutput(with_profile(model, profile), profile, plot.image, choices[steps_list[0]].sigmas.float(),
                              searched.image, ui=plot.ui)
+
+
+    @classmethod
+    def profile_only(cls, model, measured: ErrorProfile, cfg: float, target) -> io.NodeOutput:
+        """No search asked for: the profile alone; ``sigmas`` is VRG on ``normal`` at 20 steps, the plot the CPE's."""
+        profile = stamped(measured, model, cfg, {})
+        profile.save(target)
+        base = scheduler_sigmas(model, BASE_SCHEDULER, 20, 1.0, "VRG Calibrate")
+        optimised = optimize_sigmas(base, profile)
+        plot, predicted = profile_plot(profile), schedule_plot(base, optimised, profile, "CPE prediction, no search")
+        return io.NodeOutput(with_profile(model, profile), profile, plot.image, optimised.float(), predicted.image,
+                             ui=plot.ui)
 
 
 class VRGLoadProfile(io.ComfyNode):
@@ -246,6 +265,12 @@ class VRGLoadProfile(io.ComfyNode):
 
 SEARCH_UNITS = 100
 """Progress-bar units of each step count's search (after one unit a calibration level)."""
+
+def stamped(profile: ErrorProfile, model, cfg: float, schedules: dict) -> ErrorProfile:
+    """The measured profile with what it was made for and the search's results."""
+    return dataclasses.replace(profile, model=model_fingerprint(model), pack_version=PACK_VERSION,
+                               conditioning=f"given conditioning, cfg {cfg:g}", schedules=schedules)
+
 
 TRUST_REGION = dict(default=0.01, min=0.0, max=0.2, step=0.001,
                     tooltip="Trust region of each step's ᾱ ratio (the paper's lp; tested 0.005–0.05). 0 returns the "
