@@ -16,7 +16,8 @@ Variants (``evals``: network evaluations per sample, cond and uncond 1 each):
   damping λ = 1 (``A_half``: λ = 0.5);
 * ``C``: reading C, :func:`samplers.diffier.diffier`: a per-step, per-sample guidance weight ``ω ∈ [1, w]`` in closed
   form (eq. W: the weight whose prediction agrees best with the guided prediction at the step's next state), K = 1
-  iteration, λ = 1 (``C_half``: λ = 0.5); 4 evaluations a step, like ``A``.
+  iteration, λ = 1 (``C_half``: λ = 0.5); 4 evaluations a step, like ``A``. Run at every cfg and on both families
+  (``min_cfg`` 1): the method itself, whereas the sampler's default iterates on EPS/V only (``samplers.diffier.MIN_CFG``).
 
 Reading B (gradient descent on x through the model) is left out: it needs the model's Jacobian, which ComfyUI's samplers do
 not have without autograd through the UNet, several times the cost of A.
@@ -132,8 +133,8 @@ def _case(pair: core.PairDenoiser, mixture: gmm.GaussianMixture, flow: bool, sca
         "cfg_nfe": lambda m, r: ddim(core.guided(m, scale), start, schedule(nfe_steps, flow), flow, callback=r),
         "A": lambda m, r: fixed_point(core.guided(m, scale), start, levels, k, 1.0, flow, r),
         "A_half": lambda m, r: fixed_point(core.guided(m, scale), start, levels, k, 0.5, flow, r),
-        "C": lambda m, r: diffier(m, start, levels, scale, k, 1.0, flow, r)[0],
-        "C_half": lambda m, r: diffier(m, start, levels, scale, k, 0.5, flow, r)[0],
+        "C": lambda m, r: diffier(m, start, levels, scale, k, 1.0, flow, r, min_cfg=1.0)[0],
+        "C_half": lambda m, r: diffier(m, start, levels, scale, k, 0.5, flow, r, min_cfg=1.0)[0],
     }
     rows = []
     for variant, run_variant in runs.items():
@@ -208,7 +209,7 @@ def digits_rows(scales: tuple[float, ...] = (1.5, 3.0, 5.0, 8.0, 12.0), samples:
                     x = noise * (1.0 if flow else sigmas[0])
                     with torch.no_grad():
                         if variant == "diffier":
-                            out = diffier(pair, x, sigmas, scale, iterations=1, flow=flow)[0]
+                            out = diffier(pair, x, sigmas, scale, iterations=1, flow=flow, min_cfg=1.0)[0]
                         else:
                             out = ddim(core.guided(pair, scale), x, sigmas, flow)
                     out = out.float()

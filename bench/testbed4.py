@@ -370,7 +370,8 @@ Sampler = Callable[[core.PairDenoiser, Tensor], Tensor]
 
 
 def guidance_recipes(steps: int, scale: float, flow: bool) -> dict[str, tuple[str, Sampler]]:
-    """DiffIER (K = 1, λ = 1: 2·(2N - 1) NFE at N steps) and the alternatives at its NFE, by name: (role, sampler).
+    """DiffIER (K = 1, λ = 1: 2·(2N - 1) NFE at N steps; on both twins, though the sampler's default iterates on EPS/V
+    only, ``samplers.diffier.MIN_CFG``) and the alternatives at its NFE, by name: (role, sampler).
 
     Plain CFG at N steps (equal steps) and at 2N - 1 steps (equal NFE); APG (arXiv 2410.02416, the paper's η 0 and
     momentum -0.5, ComfyUI's norm threshold 5), CFG-Zero* (arXiv 2503.18886, ComfyUI's form; on flow its zero-init
@@ -381,7 +382,8 @@ def guidance_recipes(steps: int, scale: float, flow: bool) -> dict[str, tuple[st
     euler = lambda n: (lambda denoiser, x: ddim(denoiser, x, schedule(n, flow), flow))  # noqa: E731
     at_budget = euler(budget)
     return {
-        "DiffIER (K 1)": ("ours", lambda pair, x: diffier(pair, x, schedule(steps, flow), scale, 1, flow=flow)[0]),
+        "DiffIER (K 1)": ("ours", lambda pair, x: diffier(pair, x, schedule(steps, flow), scale, 1, flow=flow,
+                                                              min_cfg=1.0)[0]),
         f"CFG, {steps} steps": ("baseline", lambda pair, x: euler(steps)(core.guided(pair, scale), x)),
         f"CFG, {budget} steps": ("baseline", lambda pair, x: at_budget(core.guided(pair, scale), x)),
         "APG (η 0, β -0.5)": ("peer", lambda pair, x: at_budget(peers.apg(pair, scale, eta=0.0, momentum=-0.5), x)),

@@ -74,7 +74,7 @@ def settings_inputs() -> list:
         io.Int.Input("iterations", default=1, min=0, max=MAX_ITERATIONS,
                      tooltip="K, iterations of the per-step weight (tested 0–3; 1 is the tested default). Each costs "
                              "one more guided model call a step; 0 is plain CFG euler, and so is any K on a flow "
-                             "model below cfg 3, where plain euler given the same calls measured better."),
+                             "model, where plain euler given the same calls measured better."),
         io.Float.Input("damping", default=1.0, min=0.05, max=1.0, step=0.05,
                        tooltip="λ, how far each iteration moves the weight towards its closed-form value (tested "
                                "0.5–1.0; 1 is the tested default).", **EXPERT),
@@ -94,8 +94,8 @@ class DiffIERSampler(io.ComfyNode):
                         "(never below 1, never above your cfg), with K iterations. Use with CFGGuider in "
                         "SamplerCustomAdvanced; 2·(1+K) model calls a step. At cfg 1 (a guidance-distilled model "
                         "such as Flux-dev) there is no guidance to correct: it is plain euler at one call a step. "
-                        "On flow models (SD3, Flux, Wan) it iterates from cfg 3 and is plain euler below, where "
-                        "euler given the same calls measured better.",
+                        "On flow models (SD3, Flux, Wan) it is plain euler at every cfg: there euler given the "
+                        "same calls measured better.",
             inputs=settings_inputs(),
             outputs=[io.Sampler.Output()],
         )
