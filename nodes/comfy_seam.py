@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import comfy.model_management
 import comfy.model_sampling
+import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
@@ -154,9 +155,22 @@ def sampler_pair_denoiser(model, extra_args: dict | None, node: str) -> PairDeno
         model(x, sigma, **extra_args)
         if "pair" not in captured:
             raise ValueError(f"{node}: the guider did not combine a positive and a negative prediction. Use CFGGuider.")
-        return captured.pop("pair")
+        keep_source = inpainting_blend(model, extra_args, sigma)
+        return tuple(keep_source(prediction) for prediction in captured.pop("pair"))
 
     return pair
+
+
+def inpainting_blend(model, extra_args: dict, sigma: Tensor) -> Callable[[Tensor], Tensor]:
+    """What KSampler's inpainting does to the guided prediction, for a prediction the pack combines itself: where the
+    latent's ``noise_mask`` (after the model's own mask function, if any) is 0, the source latent is kept."""
+    mask = extra_args.get("denoise_mask")
+    if mask is None:
+        return lambda prediction: prediction
+    mask_function = extra_args.get("model_options", {}).get("denoise_mask_function")
+    if mask_function is not None:
+        mask = mask_function(sigma, mask, extra_options={"model": model.inner_model, "sigmas": model.sigmas})
+    return lambda prediction: prediction * mask + model.latent_image * (1.0 - mask)
 
 
 def latent_of_state(model_patcher, sigma: Tensor, state: Tensor) -> Tensor:
@@ -280,6 +294,35 @@ def host_sampler(sampler_name: str, model, extra_args: dict | None) -> Callable[
                                          **ksampler.extra_options)
 
     return run
+
+
+def ksampler_sigmas(model_patcher, sampler_name: str, scheduler: str, steps: int) -> Tensor:
+    """The levels KSampler itself runs for ``sampler_name`` and ``scheduler`` at full denoise (the host's own
+    computation, with its extra level for the samplers that drop the penultimate one)."""
+    ksampler = comfy.samplers.KSampler(model_patcher, steps=steps, device=model_patcher.load_device, sampler=sampler_name,
+                                       scheduler=scheduler, denoise=1.0, model_options=model_patcher.model_options)
+    return ksampler.sigmas
+
+
+def recorded_ksampler_run(model_patcher, latent: dict, seed: int, sampler: str | Callable, sigmas: Tensor, cfg: float,
+                          positive, negative, node: str, record: Callable[[Tensor], None] | None = None) -> Tensor:
+    """One pass of KSampler (the host's sampler ``sampler`` by name, or a k-diffusion sampler function) on ``latent`` as
+    the user's KSampler would run it: seeded noise for its ``batch_index``, its inpainting ``noise_mask`` honoured,
+    progress bar, latent previews and interruption as in any sampler node. ``record(denoised)`` sees each step's
+    clean prediction. Returns the LATENT samples."""
+    samples = comfy.sample.fix_empty_latent_channels(model_patcher, latent["samples"])
+    check_latent_fits(model_patcher, samples, node, "latent_image")
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    preview = latent_preview.prepare_callback(model_patcher, len(sigmas) - 1)
+
+    def on_step(step: int, denoised: Tensor, x: Tensor, total: int) -> None:
+        if record is not None:
+            record(denoised)
+        preview(step, denoised, x, total)
+
+    chosen = comfy.samplers.sampler_object(sampler) if isinstance(sampler, str) else comfy.samplers.KSAMPLER(sampler)
+    return comfy.sample.sample_custom(model_patcher, noise, cfg, chosen, sigmas, positive, negative, samples,
+                                      noise_mask=latent.get("noise_mask"), callback=on_step, disable_pbar=True, seed=seed)
 
 
 def with_guided_denoiser(model_patcher, positive, negative, cfg: float, latent: Tensor, seed: int,

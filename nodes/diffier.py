@@ -13,9 +13,7 @@ on the conditional prediction, one model call a step.
 
 from __future__ import annotations
 
-import comfy.sample
 import comfy.samplers
-import latent_preview
 import torch
 from comfy_api.latest import io
 
@@ -25,9 +23,9 @@ from ..samplers.diffier import diffier, prediction_drift
 from .comfy_seam import (
     EXPERT,
     aliases,
-    check_latent_fits,
     check_sampler_latent,
     is_flow,
+    recorded_ksampler_run,
     sampler_cfg,
     sampler_denoiser,
     sampler_model_sampling,
@@ -117,19 +115,9 @@ def recorded_run(model, positive, negative, latent: dict, seed: int, sigmas: tor
         weights.append(omega)
         return samples
 
-    preview = latent_preview.prepare_callback(model, len(sigmas) - 1)
-
-    def on_step(step, denoised, x, total):
-        predictions.append(denoised)
-        preview(step, denoised, x, total)
-
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    check_latent_fits(model, samples, node, "latent_image")
-    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-    out = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.KSAMPLER(sampler_function), sigmas, positive,
-                                     negative, samples, noise_mask=latent.get("noise_mask"), callback=on_step,
-                                     disable_pbar=True, seed=seed)
-    return out, predictions, weights[0]
+    samples = recorded_ksampler_run(model, latent, seed, sampler_function, sigmas, cfg, positive, negative, node,
+                                    record=predictions.append)
+    return samples, predictions, weights[0]
 
 
 class DiffIERGapMeter(io.ComfyNode):

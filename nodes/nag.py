@@ -39,19 +39,19 @@ from .comfy_seam import (
     aliases,
     cfg_guider,
     check_clean_latent,
-    check_latent_fits,
     conditional_model,
     interruptible_progress,
     is_flow,
+    ksampler_sigmas,
     latent_format_fingerprint,
     model_device,
     model_fingerprint,
     model_is_flow,
     model_profile,
     percent_window,
+    recorded_ksampler_run,
     sampler_space,
     sigma_range,
-    step_callback,
     step_model_sampling,
     with_post_cfg,
 )
@@ -253,7 +253,7 @@ def level_reader(estimator: NoiseEstimator | None, profile: ErrorProfile | None)
 
 
 def recorded_run(model, read_level: LevelReader, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
-                 scheduler: str, positive, negative, progress: comfy.utils.ProgressBar, node: str) -> tuple[list, list]:
+                 scheduler: str, positive, negative, node: str) -> tuple[list, list]:
     """One KSampler pass that records, at every model call, the scheduled level and the RMS over the batch of the level
     the latent shows (``read_level``)."""
     scheduled, estimated = [], []
@@ -265,14 +265,8 @@ def recorded_run(model, read_level: LevelReader, latent: dict, seed: int, steps:
         return args["denoised"]
 
     recorder = with_post_cfg(model, record)
-    samples = comfy.sample.fix_empty_latent_channels(recorder, latent["samples"])
-    check_latent_fits(recorder, samples, node, "latent_image")
-    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-    start = progress.current
-    on_step = step_callback(lambda step: progress.update_absolute(start + step["i"] + 1))
-    comfy.sample.sample(recorder, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
-                        callback=lambda i, denoised, x, total: on_step({"i": i, "denoised": denoised, "x": x}),
-                        disable_pbar=True, seed=seed)
+    sigmas = ksampler_sigmas(recorder, sampler_name, scheduler, steps)
+    recorded_ksampler_run(recorder, latent, seed, sampler_name, sigmas, cfg, positive, negative, node)
     return torch.stack(scheduled).tolist(), torch.stack(estimated).tolist()
 
 
@@ -317,10 +311,8 @@ class NoiseShiftMeter(GuidanceNode):
         guided = patched(model, node, **guidance)
         profile = None if estimator is not None else resolve_profile(
             model, guidance.get("profile"), True, node, "the noise-level reading (without an 'estimator')")
-        progress = comfy.utils.ProgressBar(2 * steps)
         run = dict(read_level=level_reader(estimator, profile), latent=latent_image, seed=seed, steps=steps, cfg=cfg,
-                   sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
-                   progress=progress, node=node)
+                   sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative, node=node)
         scheduled, plain = recorded_run(model, **run)
         _, with_guidance = recorded_run(guided, **run)
         title = (f"Noise shift ({'noise estimator' if estimator is not None else 'VRG profile'}): {sampler_name}/"

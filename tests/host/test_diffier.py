@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.comfy_host import TINY_OVERRIDES, sampler_names, txt2img, ui_to_api
+from tools.comfy_host import EXAMPLE_IMAGE, TINY_OVERRIDES, sampler_names, txt2img, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "workflows" / "diffier_cfg_sweep.json"
@@ -106,3 +106,22 @@ def test_example_workflow_runs_on_the_tiny_checkpoint(comfy):
     samplers = [node["inputs"].get("sampler_name") for node in graph.values() if node["class_type"] == "KSampler"]
     assert "diffier" in samplers and "euler" in samplers
     assert comfy.output_images(comfy.run(graph))
+
+
+def test_gap_meter_honours_the_latents_inpainting_mask(comfy):
+    """A mask of zeros (regenerate nothing): the meter's samples are the input latent, as KSampler's would be."""
+    graph = txt2img(prefix="diffier_meter_mask")
+    graph["image"] = {"class_type": "LoadImage", "inputs": {"image": EXAMPLE_IMAGE}}
+    graph["latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}}
+    graph["mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    graph["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["latent", 0], "mask": ["mask", 0]}}
+    graph["meter"] = {"class_type": "ErrorControlDiffIERGapMeter", "inputs": {
+        "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["masked", 0], "seed": 3,
+        "steps": 4, "cfg": 6.0, "scheduler": "normal", "iterations": 1, "damping": 1.0}}
+    graph["kept"] = {"class_type": "SaveLatent", "inputs": {"samples": ["meter", 0], "filename_prefix": "gap_mask_out"}}
+    graph["source"] = {"class_type": "SaveLatent", "inputs": {"samples": ["latent", 0], "filename_prefix": "gap_mask_in"}}
+    for name in ("sample", "decode", "save"):
+        del graph[name]
+    latents = comfy.output_latents(comfy.run(graph))
+    source = latents["gap_mask_in"]
+    torch.testing.assert_close(latents["gap_mask_out"], source, rtol=0, atol=1e-5 * float(source.abs().max()))

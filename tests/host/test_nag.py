@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from plots.line import UI_KEY
 from tools.comfy_host import (
     CHECKPOINT_NAME,
     TINY_OVERRIDES,
@@ -268,3 +269,22 @@ def test_bad_estimator_names_write_nothing(comfy, name, message):
     with pytest.raises(PromptFailed, match=message):
         comfy.run(with_clean_latents(estimator_graph("nag_bad_name", training(50, name))))
     assert (sorted(folder.iterdir()) if folder.exists() else []) == before
+
+
+def meter_readings(history: dict) -> dict[str, list]:
+    """The Noise Shift Meter's plotted series (label -> y values) from its UI output."""
+    (spec,) = history["outputs"]["meter"][UI_KEY]
+    return {series["label"]: series["y"] for series in spec["series"]}
+
+
+def test_the_meter_honours_the_latents_inpainting_mask(comfy):
+    """With a mask of zeros (regenerate nothing) every model call sees the source latent noised to the scheduled level,
+    so guidance cannot move what the plain and guided passes read: the two readings are the same. Unmasked, the guided
+    pass reads other levels (the check can fail)."""
+    graph = meter_graph("nag_meter_mask")
+    graph["mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    graph["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["latent", 0], "mask": ["mask", 0]}}
+    unmasked = meter_readings(comfy.run(with_input(graph, "meter", latent_image=["latent", 0])))
+    masked = meter_readings(comfy.run(with_input(graph, "meter", latent_image=["masked", 0])))
+    assert unmasked["estimated, plain"] != unmasked["estimated, guided"]
+    assert masked["estimated, plain"] == pytest.approx(masked["estimated, guided"], rel=1e-6)
