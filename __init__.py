@@ -1,9 +1,8 @@
 """Error-Control Samplers: POLARIS, Noise Awareness Guidance, DiffIER and VRG for ComfyUI. Wiring only
 (docs/contributing.md#architecture)."""
 
-from comfy_api.latest import ComfyExtension, io
-
 from .nodes import diffier, inversion, nag, polaris, vrg
+from .nodes.comfy_seam import ComfyExtension, io
 from .nodes.registry import register_dropdowns
 
 WEB_DIRECTORY = "./web"

@@ -19,7 +19,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import ComfyExtension, io  # noqa: F401 (re-exported: node files import ComfyUI only here)
 from torch import Tensor
 
 from ..samplers.core import Denoiser, PairDenoiser, effective_uncond
@@ -345,6 +345,16 @@ def with_guided_denoiser(model_patcher, positive, negative, cfg: float, latent: 
 def sampler_names() -> list[str]:
     """The KSampler's sampler names on this host."""
     return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> list[str]:
+    """The KSampler's scheduler names on this host (the pack's own once registered)."""
+    return list(comfy.samplers.SCHEDULER_NAMES)
+
+
+def ksampler(sampler_function: Callable, options: dict | None = None) -> object:
+    """The host's SAMPLER for a k-diffusion sampler function, called with ``options`` as keyword arguments."""
+    return comfy.samplers.KSAMPLER(sampler_function, options or {})
 
 
 TABLE_SCHEDULERS = {"AYS": ("nodes_align_your_steps", "AlignYourStepsScheduler", {"SD15": "SD1", "SDXL": "SDXL"}),

@@ -13,9 +13,7 @@ on the conditional prediction, one model call a step.
 
 from __future__ import annotations
 
-import comfy.samplers
 import torch
-from comfy_api.latest import io
 
 from ..plots.figures import diffier_figures
 from ..samplers.core import check_sigmas, conditional_pair
@@ -24,12 +22,15 @@ from .comfy_seam import (
     EXPERT,
     aliases,
     check_sampler_latent,
+    io,
     is_flow,
+    ksampler,
     recorded_ksampler_run,
     sampler_cfg,
     sampler_denoiser,
     sampler_model_sampling,
     sampler_pair_denoiser,
+    scheduler_names,
     scheduler_sigmas,
     step_callback,
 )
@@ -102,7 +103,7 @@ class DiffIERSampler(io.ComfyNode):
     def execute(cls, iterations, damping) -> io.NodeOutput:
         check_settings("DiffIER sampler", iterations, damping)
         options = {"iterations": iterations, "damping": damping}
-        return io.NodeOutput(comfy.samplers.KSAMPLER(sample_diffier, options))
+        return io.NodeOutput(ksampler(sample_diffier, options))
 
 
 def recorded_run(model, positive, negative, latent: dict, seed: int, sigmas: torch.Tensor, cfg: float, iterations: int,
@@ -140,7 +141,7 @@ class DiffIERGapMeter(io.ComfyNode):
                     io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps (tested 4–30)."),
                     io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                    tooltip="Classifier-free guidance scale, DiffIER's upper bound (tested 1.5–12)."),
-                    io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
+                    io.Combo.Input("scheduler", options=scheduler_names(), default="normal",
                                    tooltip="The schedule of both passes (tested normal, karras, simple)."),
                     *settings_inputs()],
             outputs=[io.Latent.Output(display_name="samples"), io.Image.Output(display_name="gap_plot"),

@@ -6,16 +6,15 @@ Recipe: VAE Encode → SamplerCustomAdvanced(DisableNoise, CFGGuider, **DDIM Inv
 
 from __future__ import annotations
 
-import comfy.samplers
-from comfy_api.latest import io
-
 from ..samplers.core import check_sigmas, inversion_sigmas
 from ..samplers.inversion import EVAL_AT_CHOICES, EVAL_AT_DEFAULT, EVAL_AT_HELP, check_eval_at, ddim
 from .comfy_seam import (
     EXPERT,
     aliases,
     check_sampler_latent,
+    io,
     is_flow,
+    ksampler,
     model_is_flow,
     sampler_denoiser,
     sampler_model_sampling,
@@ -74,7 +73,7 @@ class DDIMInversionSampler(io.ComfyNode):
     @classmethod
     def execute(cls, eval_at: str) -> io.NodeOutput:
         check_eval_at(eval_at, "DDIM Inversion (sampler)")
-        return io.NodeOutput(comfy.samplers.KSAMPLER(sample_ddim_inversion, {"eval_at": eval_at}))
+        return io.NodeOutput(ksampler(sample_ddim_inversion, {"eval_at": eval_at}))
 
 
 class InversionSigmas(io.ComfyNode):

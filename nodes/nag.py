@@ -14,11 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import comfy.sample
-import comfy.samplers
-import comfy.utils
 import torch
-from comfy_api.latest import io
 
 from ..plots.figures import calibration_figure, noise_shift_figure
 from ..plots.line import Plot
@@ -41,6 +37,7 @@ from .comfy_seam import (
     check_clean_latent,
     conditional_model,
     interruptible_progress,
+    io,
     is_flow,
     ksampler_sigmas,
     latent_format_fingerprint,
@@ -50,7 +47,9 @@ from .comfy_seam import (
     model_profile,
     percent_window,
     recorded_ksampler_run,
+    sampler_names,
     sampler_space,
+    scheduler_names,
     sigma_range,
     step_model_sampling,
     with_post_cfg,
@@ -295,9 +294,9 @@ class NoiseShiftMeter(GuidanceNode):
                     io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps (tested 4–30)."),
                     io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                    tooltip="Classifier-free guidance scale (tested 1–8)."),
-                    io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler",
+                    io.Combo.Input("sampler_name", options=sampler_names(), default="euler",
                                    tooltip="The sampler to measure (tested euler, dpmpp_2m)."),
-                    io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
+                    io.Combo.Input("scheduler", options=scheduler_names(), default="normal",
                                    tooltip="The schedule to measure (tested normal, karras)."),
                     *guidance_inputs()],
             outputs=[io.Image.Output(display_name="plot")],

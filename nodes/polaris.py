@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import comfy.samplers
 import torch
-from comfy_api.latest import io
 
 from ..plots.figures import omega_figure
 from ..samplers.core import cfg_mix, check_sigmas, conditional_pair, inversion_sigmas
@@ -33,7 +31,9 @@ from .comfy_seam import (
     check_made_for,
     check_sampler_latent,
     guidance_distilled,
+    io,
     is_flow,
+    ksampler,
     latent_of_state,
     model_fingerprint,
     model_is_flow,
@@ -43,6 +43,7 @@ from .comfy_seam import (
     sampler_model_sampling,
     sampler_pair_denoiser,
     sampler_space,
+    scheduler_names,
     scheduler_sigmas,
     step_callback,
 )
@@ -124,7 +125,7 @@ class PolarisInversion(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="The negative prompt (usually empty)."),
                 io.Latent.Input("latent", tooltip="The VAE-encoded image(s) to invert."),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Inversion steps (the paper: 50; tested 10-100)."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
+                io.Combo.Input("scheduler", options=scheduler_names(), default="normal",
                                tooltip="The schedule to invert along, as in KSampler (tested: normal, karras, simple)."),
                 *INVERSION_OPTIONS,
                 io.Sigmas.Input("sigmas", optional=True,
@@ -189,7 +190,7 @@ class PolarisInversionSampler(io.ComfyNode):
             result["trace"].save(target)
             return z
 
-        return io.NodeOutput(comfy.samplers.KSAMPLER(sample))
+        return io.NodeOutput(ksampler(sample))
 
 
 REPLAY_INPUTS = [

@@ -17,9 +17,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import comfy.samplers
 import torch
-from comfy_api.latest import io
 
 from ..plots.line import Plot, line_plot
 from ..samplers.core import check_sigmas
@@ -34,11 +32,13 @@ from .comfy_seam import (
     check_clean_latent,
     check_made_for,
     interruptible_progress,
+    io,
     model_fingerprint,
     model_is_flow,
     sampler_names,
     sampling_fingerprint,
     schedule,
+    scheduler_names,
     scheduler_sigmas,
     sigma_range,
     table_schedules,
@@ -122,7 +122,7 @@ def search_candidates(model, steps: int) -> dict[str, torch.Tensor]:
     """Every host scheduler (not 'vrg') that gives this model a full ``steps``-step schedule, and the family's tables;
     a schedule equal to an earlier one is measured once, under the earlier name."""
     found = {}
-    for name in comfy.samplers.SCHEDULER_NAMES:
+    for name in scheduler_names():
         if name != SCHEDULER_NAME:
             try:
                 found[name] = scheduler_sigmas(model, name, steps, 1.0, "VRG Calibrate")
@@ -290,7 +290,7 @@ class VRGScheduler(io.ComfyNode):
                         "Where VRG Calibrate's schedule search measured VRG worse than this base, the base is kept; the "
                         "plot says whether that was measured or is the CPE's prediction.",
             inputs=[io.Model.Input("model"), types.VRGProfile.Input("profile"),
-                    io.Combo.Input("scheduler", options=[n for n in comfy.samplers.SCHEDULER_NAMES if n != SCHEDULER_NAME],
+                    io.Combo.Input("scheduler", options=[n for n in scheduler_names() if n != SCHEDULER_NAME],
                                    default=BASE_SCHEDULER, tooltip="The base schedule VRG re-spaces."),
                     io.Int.Input("steps", default=20, min=1, max=10000,
                                  tooltip="Sampling steps, as in BasicScheduler (tested 10-50)."),
@@ -394,7 +394,7 @@ def vrg_scheduler(model_sampling, steps: int) -> torch.Tensor:
 def fallback_schedule(model_sampling, profile: ErrorProfile, steps: int) -> torch.Tensor:
     """VRG on the base the search picked at the nearest stored step count (a host scheduler; else ``normal``), logged."""
     base = stored_base(profile, steps)
-    base = base if base in comfy.samplers.SCHEDULER_NAMES and base != SCHEDULER_NAME else BASE_SCHEDULER
+    base = base if base in scheduler_names() and base != SCHEDULER_NAME else BASE_SCHEDULER
     stored = ", ".join(sorted(profile.schedules, key=int)) or "none"
     logging.warning(f"scheduler 'vrg': no schedule search stored for {steps} steps on this noise schedule (stored: "
                     f"{stored}); using VRG on '{base}'. Add {steps} to VRG Calibrate's 'search_steps' to measure it.")

@@ -63,3 +63,36 @@ def test_every_function_the_host_calls_accepts_keyword_arguments_of_newer_hosts(
     assert len(functions) >= 8  # the seven sampler functions and MixingGuider's overrides
     closed = [f"{name}:{f.lineno} {f.name}" for name, f in functions if f.args.kwarg is None]
     assert closed == [], "these refuse a keyword argument a newer ComfyUI may pass; add **_"
+
+
+PACK = NODES.parent
+HOST_MODULES = ("comfy", "latent_preview", "folder_paths", "node_helpers")
+"""Top-level modules of the host: ``comfy`` and every ``comfy_*`` package (comfy_api, comfy_extras, …), and the
+host's loose modules."""
+MAY_IMPORT_THE_HOST = {NODES / "comfy_seam.py", NODES / "registry.py", NODES / "types.py"}
+
+
+def host_imports(source: str) -> list[str]:
+    """``line: module`` of every import of a host module in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+        found += [f"{node.lineno}: {name}" for name in names
+                  if name.split(".")[0].startswith("comfy") or name.split(".")[0] in HOST_MODULES]
+    return found
+
+
+PACK_FILES = sorted([PACK / "__init__.py", *(p for room in ("nodes", "samplers", "plots") for p in (PACK / room).glob("*.py"))])
+
+
+def test_the_import_check_sees_each_kind_of_host_import():
+    source = "import comfy.samplers\nfrom comfy_api.latest import io\nimport latent_preview\nfrom folder_paths import x\n"
+    assert len(host_imports(source)) == 4
+    assert host_imports("import torch\nfrom .comfy_seam import io\nimport comfortable\n") == []
+
+
+@pytest.mark.parametrize("path", [p for p in PACK_FILES if p not in MAY_IMPORT_THE_HOST],
+                         ids=lambda p: str(p.relative_to(PACK)))
+def test_only_the_seam_imports_the_host(path):
+    assert host_imports(path.read_text()) == [], f"{path.relative_to(PACK)} imports ComfyUI; go through nodes/comfy_seam.py"
