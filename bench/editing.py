@@ -223,8 +223,9 @@ def _label(row: dict) -> str:
 
 def headline(rows: list[dict]) -> list[dict]:
     """Per twin and cfg, the success-vs-PSNR Pareto front over every edit method (the reference row left out): its
-    points by ascending success, the method holding the widest stretch of it ("dominates", over that success range),
-    and the best PSNR among edits that reach half success."""
+    points by ascending success, the method holding the widest stretch of success along it ("dominates": a front
+    point holds the success range from the previous point's to its own, where it has the best PSNR), and the best PSNR
+    among edits that reach half success."""
     out = []
     for fam in dict.fromkeys(r["family"] for r in rows):
         for scale in dict.fromkeys(r["cfg"] for r in rows):
@@ -232,18 +233,19 @@ def headline(rows: list[dict]) -> list[dict]:
             if not group:
                 continue
             front = _front(group)
-            stretches: dict[str, list[float]] = {}
-            for p in front:
-                stretches.setdefault(p["method"], []).append(p["success"])
-            edges = [0.0] + [p["success"] for p in front]
-            width = {m: sum(edges[i + 1] - edges[i] for i, p in enumerate(front) if p["method"] == m) for m in stretches}
-            leader = max(width, key=width.get)
+            edges = [0.0] + [p["success"] for p in front]  # front point i holds success (edges[i], edges[i + 1]]
+            held: dict[str, list[tuple[float, float]]] = {}
+            for i, p in enumerate(front):
+                held.setdefault(p["method"], []).append((edges[i], edges[i + 1]))
+            leader = max(held, key=lambda m: sum(b - a for a, b in held[m]))
             edits = [r for r in group if r["success"] >= 0.5]
             best = max(edits, key=lambda r: r["psnr"]) if edits else None
             out.append({"family": fam, "cfg": scale,
                         "front (success, PSNR dB; success ↑)": " → ".join(
-                            f"{_label(p)} ({p['success']:.2f}, {p['psnr']:.1f})" for p in front),
-                        "dominates": f"{leader} (success {min(stretches[leader]):.2f}–{max(stretches[leader]):.2f})",
+                            f"{_label(p)} ({p['success']:.2f} ± {p['success ±']:.2f}, {p['psnr']:.1f} ± {p['psnr ±']:.1f})"
+                            for p in front),
+                        "dominates": f"{leader} (success {min(a for a, _ in held[leader]):.2f}–"
+                                     f"{max(b for _, b in held[leader]):.2f})",
                         "best PSNR at success ≥ 0.5": (f"{_label(best)}: {best['psnr']:.1f} ± {best['psnr ±']:.1f} dB, "
                                                        f"success {best['success']:.2f} ± {best['success ±']:.2f}")
                         if best else "none reaches 0.5"})

@@ -43,7 +43,7 @@ def test_front_and_headline_name_the_method_holding_most_of_the_front():
     front = editing._front([r for r in rows if r["role"] != "reference"])
     assert [(r["method"], r["success"]) for r in front] == [("A", 0.1), ("B", 0.3), ("B", 0.6), ("B", 0.9)]
     (top,) = editing.headline(rows)
-    assert top["dominates"] == "B (success 0.30–0.90)"
+    assert top["dominates"] == "B (success 0.10–0.90)"  # A holds 0–0.1, B the rest
     assert top["best PSNR at success ≥ 0.5"].startswith("B, η 0.5: 22.0 ± 0.1 dB")
     assert "noise" not in top["front (success, PSNR dB; success ↑)"]
     (none,) = editing.headline([_row("A", 0.1, 30.0)])
