@@ -66,7 +66,7 @@ EXPERT_INPUTS = {"ErrorControlDDIMInversionSampler": {"eval_at"},
                  "ErrorControlNoiseShiftMeter": {"delta", "start_percent", "end_percent"},
                  "ErrorControlDiffIERSampler": {"damping"},
                  "ErrorControlDiffIERGapMeter": {"damping"},
-                 "ErrorControlVRGCalibrate": {"grid_points"},
+                 "ErrorControlVRGCalibrate": {"grid_points", "search_bank"},
                  "ErrorControlTrainNoiseEstimator": {"batch_size"},
                  "ErrorControlVRGScheduler": {"lp", "fix_sigma_max"},
                  "ErrorControlVRGOptimizeSigmas": {"lp", "fix_sigma_max"}}
