@@ -264,7 +264,9 @@ class PolarisDenoise(io.ComfyNode):
                                         "reference_strength > 0 the first quarter of the steps is pulled towards it "
                                         "(RF-Inversion's controller): closer to the source, weaker edits."),
                 io.Float.Input("reference_strength", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
-                               tooltip="eta of the pull towards 'reference' (0: off; RF-Inversion uses 0.9)."),
+                               tooltip="eta of the pull towards 'reference' (0: off; RF-Inversion uses 0.9). On testbed "
+                                       "4 at 0.9: flow reconstruction 24.4 dB vs RF-Inversion's 21.7 at equal model "
+                                       "calls; in edits level with RF-Inversion at cfg 3, behind it at cfg 7."),
             ],
             outputs=[io.Latent.Output()],
         )
