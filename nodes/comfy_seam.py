@@ -22,9 +22,8 @@ import torch
 from comfy_api.latest import ComfyExtension, io  # noqa: F401 (re-exported: node files import ComfyUI only here)
 from torch import Tensor
 
+from ..samplers.artefact import PACK_VERSION  # noqa: F401 (the node files take it from here)
 from ..samplers.core import Denoiser, PairDenoiser, effective_uncond
-
-PACK_VERSION = "0.2.0"  # as in pyproject.toml; artefacts record it
 
 
 def newer_api(cls: type, **kwargs) -> dict:

@@ -9,12 +9,30 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def pack_version(pyproject: Path = PYPROJECT) -> str:
+    """The pack's version, read from its ``pyproject.toml`` (the one place it is written): the ``version`` of the
+    ``[project]`` table."""
+    project = re.search(r"^\[project\]$(.*?)(?=^\[|\Z)", pyproject.read_text(encoding="utf-8"), re.M | re.S)
+    version = project and re.search(r'^version\s*=\s*"([^"]+)"', project.group(1), re.M)
+    if not version:
+        raise ValueError(f"{pyproject} has no version in its [project] table")
+    return version.group(1)
+
+
+PACK_VERSION = pack_version()
+"""What every artefact records as the pack version that wrote it."""
 
 
 @dataclass(frozen=True)

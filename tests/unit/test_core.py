@@ -1,9 +1,13 @@
 """samplers.core against closed forms, for the EPS/V (VE) and the flow (CONST) parametrisation."""
 
+from pathlib import Path
+
 import pytest
+import tomllib
 import torch
 
 from samplers import core
+from samplers.artefact import PACK_VERSION, pack_version
 
 FLOWS = [False, True]
 
@@ -132,3 +136,10 @@ def test_check_sigmas_names_node_input_and_fix(bad, message):
     with pytest.raises(ValueError, match=message) as err:
         core.check_sigmas(bad, "My Node", "sigmas")
     assert "My Node" in str(err.value) and "'sigmas'" in str(err.value)
+
+
+def test_the_pack_version_is_pyprojects():
+    repo = Path(__file__).resolve().parents[2]
+    assert PACK_VERSION == tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"]
+    with pytest.raises(ValueError, match="has no version"):
+        pack_version(repo / "LICENSE")
