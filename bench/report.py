@@ -100,10 +100,11 @@ def diffier_section(mode: Mode) -> str:
 
 
 def testbed4_plots(rows: list[dict], out: Path) -> list[Path]:
-    """Testbed 4, ours against the baselines and peers: quality vs NFE for POLARIS (cfg 1) and VRG, and DiffIER's FD
-    over cfg at equal NFE, one PNG a method and twin."""
+    """Testbed 4, ours against the baselines and peers: quality vs NFE for POLARIS (cfg 1), VRG and the schedule search
+    (every fixed schedule and VRG on each), and DiffIER's FD over cfg at equal NFE, one PNG a method and twin."""
     views = (("POLARIS inversion", "nfe", lambda r: r["setting"].endswith("cfg 1"), "NFE per sample"),
              ("VRG", "nfe", lambda r: True, "NFE per sample"),
+             ("schedule search", "nfe", lambda r: True, "NFE per sample"),
              ("DiffIER", "cfg", lambda r: True, "cfg (equal NFE per cfg)"))
     paths = []
     for method, x_key, keep, x_label in views:
