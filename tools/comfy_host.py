@@ -757,10 +757,21 @@ def widget_inputs(node: dict, node_info: dict) -> dict:
     if isinstance(values, dict):
         return {name: wrap(values[name]) for name in widget_slots(node_info) if name in values}
     slots = widget_slots(node_info)
-    if len(values) < len(slots):
+    missing = [name for name in slots[len(values):] if name is not None]
+    optional = node_info["input"].get("optional", {})
+    if any(name not in optional for name in missing):
         raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widgets_values, but its inputs make "
                          f"{len(slots)} widgets {slots}")
-    return {name: wrap(value) for name, value in zip(slots, values, strict=False) if name is not None}
+    # Saved before the node gained trailing optional inputs: they take their defaults, as in the frontend.
+    inputs = {name: wrap(value) for name, value in zip(slots, values, strict=False) if name is not None}
+    return {**inputs, **{name: wrap(input_default(optional[name])) for name in missing}}
+
+
+def input_default(spec: list) -> object:
+    """An input's default as the frontend sets a new widget: its ``default``, else a combo's first option."""
+    options = spec[1] if len(spec) > 1 else {}
+    choices = spec[0] if isinstance(spec[0], list) else options.get("options")
+    return options.get("default", choices[0] if choices else None)
 
 
 def wrap(value: object) -> object:

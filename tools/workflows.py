@@ -1,7 +1,8 @@
 """Build the example workflows of ``workflows/`` in ComfyUI's UI format from short Python descriptions.
 
 The graphs are written with the input order of a live server's ``/object_info``, so they load in the frontend and convert
-to the API format like a workflow saved by hand. Run ``python tools/workflows.py`` after changing a node's inputs.
+to the API format like a workflow saved by hand. Run ``python tools/workflows.py`` after changing a node's inputs, and
+``python tools/workflows.py --thumbnails [demo_out]`` after ``make demo`` for the template browser's pictures.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from tools.families import FAMILIES  # noqa: E402
 
 PLOT_HEIGHT = 230
 """Pixels the live plots of web/js/plots.js add to a node, per plot output."""
+PREVIEW_HEIGHT = 300
+"""Pixels reserved below the widgets of a node that shows its images after a run (SaveImage, SaveAnimatedWEBP): the
+frontend draws the preview inside the node and grows a node shorter than its widgets + 220 px, over the node below."""
+PREVIEW_NODES = {"SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG"}
+NOTE_WIDTH = 420
+VIEW = {"scale": 0.9, "offset": [80, 60]}
+"""The saved view (``extra.ds``): 90 % zoom, the graph's top left corner clear of the frontend's side bar and menu."""
 
 
 @dataclass(frozen=True)
@@ -37,17 +45,19 @@ class Node:
     widgets: list
     title: str | None = None
     outputs: list = field(default_factory=list)
+    models: list = field(default_factory=list)
 
     def __getitem__(self, slot: int) -> Out:
         return Out(self.id, slot)
 
 
 def node_height(node: dict) -> int:
-    """Pixels a serialised node needs: a row per input and widget, the live plots, a note's text (48 characters a
-    line at the width of 340)."""
+    """Pixels a serialised node needs: a row per input and widget, the live plots, the image preview of an output
+    node, a note's text (60 characters a line at its width of 420, 22 pixels a line, headings and gaps included)."""
     if node["type"] in NOTE_TYPES:
-        return 60 + 20 * sum(len(line) // 48 + 1 for line in node["widgets_values"][0].splitlines())
+        return 40 + 22 * sum(len(line) // 60 + 1 for line in node["widgets_values"][0].splitlines())
     height = 60 + 26 * (len(node["inputs"]) + len(node["widgets_values"]))
+    height += PREVIEW_HEIGHT * (node["type"] in PREVIEW_NODES)
     return height + PLOT_HEIGHT * sum(out["type"] == "IMAGE" and "plot" in out["name"] for out in node["outputs"])
 
 
@@ -91,8 +101,9 @@ class Graph:
             raise KeyError(f"{class_type} has no input(s) {sorted(unknown)}")
         links = {name: (declared[name][0], value) for name, value in inputs.items() if isinstance(value, Out)}
         widgets = widgets_values(spec, {name: value for name, value in inputs.items() if not isinstance(value, Out)})
+        models = [MODELS[value] for value in inputs.values() if isinstance(value, str) and value in MODELS]
         node = Node(len(self.nodes) + 1, class_type, links, widgets, title,
-                    list(zip(spec["output_name"], spec["output"])))
+                    list(zip(spec["output_name"], spec["output"])), models)
         self.nodes.append(node)
         return node
 
@@ -118,6 +129,8 @@ class Graph:
         for node in self.nodes:
             if node.title:
                 serialised[node.id]["title"] = node.title
+            if node.models:
+                serialised[node.id]["properties"]["models"] = node.models
             for name, (kind, out) in node.links.items():
                 link_id += 1
                 slot = len(serialised[node.id]["inputs"])
@@ -130,14 +143,44 @@ class Graph:
             height = node_height(node)
             top = tops.get(col, 40)
             tops[col] = top + max(height, 110) + 60
-            node.update(pos=[40 + 380 * col, top], size=[340, max(height, 110)])
+            width = NOTE_WIDTH if node["type"] in NOTE_TYPES else 340
+            left = 40 + 380 * col + (NOTE_WIDTH - 340) * (col > 0)  # column 0 holds the note: wider
+            node.update(pos=[left, top], size=[width, max(height, 110)])
         return {"last_node_id": len(self.nodes), "last_link_id": link_id, "nodes": list(serialised.values()),
-                "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
-                "version": 0.4}
+                "links": links, "groups": [], "config": {}, "extra": {"ds": dict(VIEW)}, "version": 0.4}
 
 
 CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
 EXAMPLE_IMAGE = "error_control_example.png"
+CLIP_L, CLIP_G, T5XXL = "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"
+UMT5_XXL = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+
+def hugging_face(name: str, repo: str, path: str, directory: str) -> dict:
+    """A ``models`` entry of a loader (``properties.models``): where the file is published and the model folder it goes
+    in; the frontend's missing-model dialog offers it for download."""
+    return {"name": name, "url": f"https://huggingface.co/{repo}/resolve/main/{path}", "directory": directory}
+
+
+MODELS = {entry["name"]: entry for entry in (
+    hugging_face(CHECKPOINT, "Comfy-Org/stable-diffusion-v1-5-archive", CHECKPOINT, "checkpoints"),
+    hugging_face("flux1-dev.safetensors", "black-forest-labs/FLUX.1-dev", "flux1-dev.safetensors", "diffusion_models"),
+    hugging_face("ae.safetensors", "Comfy-Org/Lumina_Image_2.0_Repackaged", "split_files/vae/ae.safetensors", "vae"),
+    hugging_face(CLIP_L, "comfyanonymous/flux_text_encoders", CLIP_L, "text_encoders"),
+    hugging_face(T5XXL, "comfyanonymous/flux_text_encoders", T5XXL, "text_encoders"),
+    hugging_face(CLIP_G, "Comfy-Org/stable-diffusion-3.5-fp8", f"text_encoders/{CLIP_G}", "text_encoders"),
+    hugging_face("sd3.5_medium.safetensors", "stabilityai/stable-diffusion-3.5-medium", "sd3.5_medium.safetensors",
+                 "checkpoints"),
+    *(hugging_face(name, "Comfy-Org/Wan_2.1_ComfyUI_repackaged", f"split_files/{folder}/{name}", folder)
+      for name, folder in (("wan2.1_t2v_1.3B_fp16.safetensors", "diffusion_models"),
+                           ("wan_2.1_vae.safetensors", "vae"), (UMT5_XXL, "text_encoders"))))}
+"""Every public model file the workflows load, by file name, with where it is published (Hugging Face). FLUX.1-dev and
+SD3.5 Medium are gated there: accept their licence on the model's page first."""
+
+
+def model_files(*names: str) -> str:
+    """A note's list of the model files a workflow loads: each file, its folder under ``models/`` and where to get it."""
+    return "\n".join(f"- `{MODELS[name]['directory']}/{name}`: [download]({MODELS[name]['url']})" for name in names)
 
 
 def decode_and_save(g: Graph, vae: Out, samples: Out, prefix: str, title: str, fps: float | None = None) -> None:
@@ -170,8 +213,6 @@ def ddim_inversion_reconstruct(g: Graph) -> None:
 
 
 PROFILE = "vrg_profile"
-CLIP_L, CLIP_G, T5XXL = "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"
-UMT5_XXL = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 FLUX_GUIDANCE = 3.5
 """Flux-dev's usual distilled guidance (FluxGuidance); its sampler runs at cfg 1."""
 
@@ -248,11 +289,15 @@ def noise_estimator(g: Graph, model: Out, vae: Out, name: str, folder: str) -> N
     return trained
 
 
+SEARCH_TITLE = "Schedule search: set search_steps (e.g. 20) for every candidate's measured error"
+
+
 def vrg_calibrate_and_sample(g: Graph) -> None:
     """Calibrate VRG on encoded images, then the same KSampler with the 'normal' and the 'vrg' schedule side by side."""
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     calibrate = vrg_calibration(g, ckpt[0], ckpt[1], ckpt[2], PROFILE)
     g.add("SaveImage", title="Error profile", images=calibrate[2], filename_prefix="vrg/error_profile")
+    g.add("SaveImage", title=SEARCH_TITLE, images=calibrate[4], filename_prefix="vrg/schedule_search")
     positive, negative = prompts(g, ckpt[1], "a lighthouse on a cliff at sunset")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
     for scheduler, model in (("normal", ckpt[0]), ("vrg", calibrate[0])):
@@ -266,6 +311,7 @@ def vrg_flux(g: Graph) -> None:
     unet, clip, vae = flux_loaders(g)
     calibrate = vrg_calibration(g, unet[0], clip[0], vae[0], "vrg_flux_profile")
     g.add("SaveImage", title="Error profile", images=calibrate[2], filename_prefix="vrg_flux/error_profile")
+    g.add("SaveImage", title=SEARCH_TITLE, images=calibrate[4], filename_prefix="vrg_flux/schedule_search")
     positive = flux_prompt(g, clip[0], "a lighthouse on a cliff at sunset", "Prompt")
     negative = flux_negative(g, positive)
     latent = g.add("EmptySD3LatentImage", width=1024, height=1024, batch_size=1)
@@ -338,19 +384,9 @@ def polaris_edit(g: Graph) -> None:
     decode_and_save(g, ckpt[2], replayed[0], "polaris/edit_custom", "Edit (POLARIS Replay guider)")
 
 
-FLUX_POLARIS_NOTE = (
-    "## POLARIS on Flux-dev\n"
-    "Flux-dev is guidance-distilled: it samples at **cfg 1** and takes its guidance through **FluxGuidance**, so "
-    "there is no negative branch for POLARIS' ω to weigh. POLARIS Inversion sees this and inverts with **ω ≡ 1**: "
-    "plain DDIM inversion, one model call a step (its ω plot says so). The negative inputs are never evaluated.\n\n"
-    "**Reconstruct**: POLARIS Denoise with the source prompt. **Edit**: the same trace denoised with the edited "
-    "prompt (at cfg 1, `blend` has no effect).")
-
-
 def polaris_flux_reconstruct_edit(g: Graph) -> None:
     """Flux-dev: invert an image with its source prompt, then POLARIS Denoise with the source prompt (reconstruction)
     and with an edited one, at cfg 1 with FluxGuidance."""
-    g.note(FLUX_POLARIS_NOTE, "POLARIS on a guidance-distilled model")
     unet, clip, vae = flux_loaders(g)
     latent = g.add("VAEEncode", pixels=g.add("LoadImage", image=EXAMPLE_IMAGE)[0], vae=vae[0])
     source = flux_prompt(g, clip[0], "a photo of a cat", "Source prompt (describes the image)")
@@ -364,17 +400,9 @@ def polaris_flux_reconstruct_edit(g: Graph) -> None:
 
 
 WAN_FPS = 16.0
-WAN_NOTE = (
-    "## A clip in, the same clip out\n"
-    "The still image repeated as 33 frames stands in for a clip: load your own clip's frames instead (Wan 2.1 takes "
-    "4k+1 frames, 832×480 for the 1.3B model). POLARIS Inversion takes the clip to noise with a prompt that describes "
-    "it; POLARIS Denoise with the same prompt brings it back. Change the prompt of the denoise to edit the clip.")
-
-
 def wan_video_inversion(g: Graph) -> None:
     """Wan 2.1 text-to-video: frames → VAE Encode → POLARIS Inversion with a prompt that describes the clip → POLARIS
     Denoise with the same prompt → decode, as animated WebP beside the input's VAE round trip."""
-    g.note(WAN_NOTE, "Video inversion")
     unet = g.add("UNETLoader", unet_name=user_file("wan", "diffusion_models"))
     model = g.add("ModelSamplingSD3", model=unet[0], shift=8.0)
     clip = g.add("CLIPLoader", clip_name=UMT5_XXL, type="wan")
@@ -442,57 +470,164 @@ def diffier_cfg_sweep(g: Graph) -> None:
     g.add("SaveImage", title="DiffIER cfg weight per step", images=meter[2], filename_prefix="diffier/weight")
 
 
-WORKFLOWS = {"ddim_inversion_reconstruct": ddim_inversion_reconstruct,
-             "polaris_reconstruct": polaris_reconstruct,
-             "polaris_edit": polaris_edit,
-             "polaris_flux_reconstruct_edit": polaris_flux_reconstruct_edit,
-             "wan_video_inversion": wan_video_inversion,
-             "vrg_calibrate_and_sample": vrg_calibrate_and_sample,
-             "vrg_saved_profile": vrg_saved_profile,
-             "vrg_flux": vrg_flux,
-             "noise_awareness_guidance": noise_awareness_guidance,
-             "noise_awareness_guidance_sd35": noise_awareness_guidance_sd35,
-             "diffier_cfg_sweep": diffier_cfg_sweep}
+SD15_FILES = model_files(CHECKPOINT)
+FLUX_FILES = model_files("flux1-dev.safetensors", CLIP_L, T5XXL, "ae.safetensors")
+GATED = "FLUX.1-dev and SD3.5 Medium are gated on Hugging Face: accept the licence on the model's page first."
+IMAGE_STEP = "Load your image in **Load Image** (any size; 512 px suits SD1.5)"
 
 
-def thumbnail(workflow: dict, names: dict[str, str], size: tuple[int, int] = (480, 320)):
-    """A schematic of a UI-format workflow for the template browser: links as lines, nodes as boxes with their titles,
-    the pack's nodes highlighted; ``names`` maps a node type to its display name. Deterministic, so regenerating
-    leaves unchanged graphs' files unchanged."""
-    from PIL import Image, ImageDraw
+@dataclass(frozen=True)
+class Workflow:
+    """An example workflow: its file name (the template browser's title and description) and the note that opens it."""
 
-    nodes = workflow["nodes"]
-    x0, y0 = min(n["pos"][0] for n in nodes), min(n["pos"][1] for n in nodes)
-    x1 = max(n["pos"][0] + n["size"][0] for n in nodes)
-    y1 = max(n["pos"][1] + n["size"][1] for n in nodes)
-    scale = min((size[0] - 20) / (x1 - x0), (size[1] - 20) / (y1 - y0))
-    box = {n["id"]: [10 + (n["pos"][0] - x0) * scale, 10 + (n["pos"][1] - y0) * scale,
-                     10 + (n["pos"][0] + n["size"][0] - x0) * scale, 10 + (n["pos"][1] + n["size"][1] - y0) * scale]
-           for n in nodes}
-    image = Image.new("RGB", size, (32, 32, 36))
-    draw = ImageDraw.Draw(image)
-    for _, source, _, target, _, _ in workflow["links"]:
-        (_, sy0, sx1, sy1), (tx0, ty0, _, ty1) = box[source], box[target]
-        draw.line([(sx1, (sy0 + sy1) / 2), (tx0, (ty0 + ty1) / 2)], fill=(120, 160, 200), width=2)
-    for n in nodes:
-        ours = n["type"].startswith("ErrorControl")
-        draw.rectangle(box[n["id"]], fill=(70, 110, 70) if ours else (60, 60, 66), outline=(200, 200, 200))
-        title = (n.get("title") or names.get(n["type"]) or n["type"]).encode("ascii", "replace").decode()
-        draw.text((box[n["id"]][0] + 3, box[n["id"]][1] + 2), title[:int(n["size"][0] * scale / 6)], fill=(235, 235, 235))
-    return image
+    stem: str
+    build: object
+    result: str
+    """The picture its thumbnail shows, in a ``make demo`` output folder (``{stem}``: this workflow's file name)."""
+    note: str
+
+
+OMEGA, PROFILE_PLOT = "images/{stem}__omega_*.png", "images/{stem}__error_profile_*.png"
+SHIFT_PLOT, ESTIMATOR_PLOT = "images/{stem}__noise_shift_*.png", "images/{stem}__noise_estimator_*.png"
+
+WORKFLOWS = [
+    Workflow("DDIM inversion - reconstruct an image (SD1.5)", ddim_inversion_reconstruct, "ddim_inversion_testbed.png", (
+        "## DDIM inversion: an image to noise and back\n"
+        "Inverts an image with the **DDIM Inversion** sampler (cfg 1) and samples the noise back down the same levels "
+        "with euler: the reconstruction beside the input's VAE round trip. How far apart they are is the inversion's "
+        "error.\n\n**Model files**\n" + SD15_FILES + "\n\n"
+        "1. " + IMAGE_STEP + ".\n2. Describe it in the prompt.\n3. Run: compare **Reconstruction** with **Input**.")),
+    Workflow("POLARIS - invert and reconstruct an image (SD1.5)", polaris_reconstruct, OMEGA, (
+        "## POLARIS: invert with guidance, rebuild the image\n"
+        "**POLARIS Inversion** takes the image to noise by DDIM inversion with a guidance scale ω per step, solved by "
+        "least squares so that the steps undo (its ω plot). **POLARIS Denoise** with the same prompt rebuilds the "
+        "image from the trace; the trace is also saved to `models/polaris_traces` for later edits.\n\n"
+        "**Model files**\n" + SD15_FILES + "\n\n"
+        "1. " + IMAGE_STEP + ".\n2. Describe it in **Source prompt**.\n"
+        "3. Run: **Reconstruction** beside **Input**, and the ω per step.")),
+    Workflow("POLARIS - edit an image by its prompt (SD1.5)", polaris_edit, OMEGA, (
+        "## POLARIS: edit an image by changing its prompt\n"
+        "Inverts the image with the prompt that describes it, then denoises the same trace with an edited prompt: "
+        "once with **POLARIS Denoise**, once through the **POLARIS Replay** guider in SamplerCustomAdvanced (the same "
+        "result, for graphs built on custom sampling). `blend` keeps more of the source.\n\n**Model files**\n"
+        + SD15_FILES + "\n\n1. " + IMAGE_STEP + ".\n2. **Source prompt**: what the image shows; **Edited prompt**: "
+        "the change (cat → dog).\n3. Run; raise `blend` (0–1) if the edit drifts from the source.")),
+    Workflow("POLARIS - reconstruct and edit an image (Flux.1-dev)", polaris_flux_reconstruct_edit, OMEGA, (
+        "## POLARIS on Flux.1-dev\n"
+        "Flux-dev is guidance-distilled: it samples at **cfg 1** and takes its guidance through **FluxGuidance**, so "
+        "there is no negative branch for POLARIS' ω to weigh. POLARIS Inversion sees this and inverts with **ω ≡ 1**: "
+        "plain DDIM inversion, one model call a step (its ω plot says so). The negative inputs are never evaluated. "
+        "Reconstruction: POLARIS Denoise with the source prompt; edit: the same trace with the edited prompt (at cfg 1 "
+        "`blend` has no effect).\n\n**Model files**\n" + FLUX_FILES + "\n\n" + GATED + "\n\n"
+        "1. " + IMAGE_STEP.replace("512 px suits SD1.5", "1024 px suits Flux") + ".\n"
+        "2. **Source prompt**: what it shows; **Edited prompt**: the change.\n3. Run: **Reconstruction** and **Edit**.")),
+    Workflow("POLARIS - invert and reconstruct a video (Wan 2.1 t2v 1.3B)", wan_video_inversion, OMEGA, (
+        "## A clip in, the same clip out (Wan 2.1)\n"
+        "The still image repeated as 33 frames stands in for a clip. POLARIS Inversion takes the clip to noise with a "
+        "prompt that describes it; POLARIS Denoise with the same prompt brings it back, saved as animated WebP beside "
+        "the input. Change the prompt of the denoise to edit the clip.\n\n**Model files**\n"
+        + model_files("wan2.1_t2v_1.3B_fp16.safetensors", UMT5_XXL, "wan_2.1_vae.safetensors") + "\n\n"
+        "1. Load your clip's frames in place of **Frames** (4k+1 frames, 832×480 for the 1.3B model).\n"
+        "2. Describe the clip in **Prompt**.\n3. Run: **Reconstruction** beside **Input**.")),
+    Workflow("VRG - calibrate a schedule and sample (SD1.5)", vrg_calibrate_and_sample, PROFILE_PLOT, (
+        "## VRG: a step schedule from the model's own error\n"
+        "**VRG Calibrate** measures on a few of your images where the model's prediction error is large and writes an "
+        "error profile (its plot) to `models/vrg_profiles`; the `vrg` scheduler then spends the steps where the error is. "
+        "The same KSampler runs with `normal` and with `vrg` side by side.\n\n**Model files**\n" + SD15_FILES + "\n\n"
+        "1. Connect 4–16 of your images to **Clean latents** (one example repeated is there).\n"
+        "2. Set your prompt; optionally type step counts (e.g. `20`) into `search_steps` to also search the schedules "
+        "(thousands of model calls).\n3. Run: **Sampled (vrg)** beside **Sampled (normal)**; the profile is kept.")),
+    Workflow("VRG - sample with a saved profile (SD1.5)", vrg_saved_profile, "images/{stem}__schedule_0*.png", (
+        "## VRG: sample with a saved profile\n"
+        "**VRG Load Profile** reads a profile that VRG Calibrate saved; **VRG Scheduler** turns it into σ for "
+        "SamplerCustomAdvanced and plots the base against the VRG schedule.\n\n**Model files**\n" + SD15_FILES + "\n\n"
+        "1. Run *VRG - calibrate a schedule and sample (SD1.5)* once: it saves `vrg_profile`.\n"
+        "2. Pick it in **VRG Load Profile**.\n3. Run: the sample and the two schedules.")),
+    Workflow("VRG - calibrate a schedule and sample (Flux.1-dev)", vrg_flux, PROFILE_PLOT, (
+        "## VRG on Flux.1-dev\n"
+        "VRG Calibrate on a few of your images (empty prompt, cfg 1), then KSampler at cfg 1 with FluxGuidance, with "
+        "the `normal` and the `vrg` schedule side by side.\n\n**Model files**\n" + FLUX_FILES + "\n\n" + GATED
+        + "\n\n1. Connect 4–16 of your images to **Clean latents**.\n2. Set your prompt.\n"
+        "3. Run: **Sampled (vrg)** beside **Sampled (normal)**.")),
+    Workflow("Noise Awareness Guidance - plain vs guided, with its estimator (SD1.5)", noise_awareness_guidance, SHIFT_PLOT, (
+        "## Noise Awareness Guidance: keep each step at its noise level\n"
+        "**Train Noise Estimator** learns, on a few of your images, to read a latent's noise level; the **Noise Awareness "
+        "Guidance** patch uses it to pull each step back to its scheduled level. The same KSampler runs plain and "
+        "patched, and the **Noise Shift Meter** plots scheduled vs estimated σ for both.\n\n**Model files**\n"
+        + SD15_FILES + "\n\n1. Connect 4–16 of your images to **Clean latents** (training takes a few minutes once; "
+        "the estimator is saved to `models/noise_awareness_estimators`).\n2. Set your prompt.\n"
+        "3. Run: plain beside guided, and the noise-shift plot.")),
+    Workflow("Noise Awareness Guidance - plain vs guided (SD3.5 Medium)", noise_awareness_guidance_sd35, ESTIMATOR_PLOT, (
+        "## Noise Awareness Guidance on SD3.5 Medium\n"
+        "A real negative prompt at cfg 4.5: the same KSampler plain and with the Noise Awareness Guidance patch, its "
+        "estimator trained on a few of your images.\n\n**Model files**\n"
+        + model_files("sd3.5_medium.safetensors", CLIP_L, CLIP_G, T5XXL) + "\n\n" + GATED + "\n\n"
+        "1. Connect 4–16 of your images to **Clean latents**.\n2. Set the prompt and the negative prompt.\n"
+        "3. Run: plain beside guided, and the estimator's check plot.")),
+    Workflow("DiffIER - euler vs DiffIER at cfg 4 and 10 (SD1.5)", diffier_cfg_sweep, "images/{stem}__gap_*.png", (
+        "## DiffIER: less drift at high cfg\n"
+        "The same prompt, seed and 12 steps at cfg 4 and cfg 10, with `euler` and with the `diffier` sampler side by "
+        "side. **DiffIER Gap Meter** plots, per step, the gap between the guided prediction and the model's own at cfg "
+        "10, plain and with DiffIER, and the cfg weight DiffIER used.\n\n**Model files**\n" + SD15_FILES + "\n\n"
+        "1. Set your prompt.\n2. Pick the cfg values to compare in the KSamplers.\n"
+        "3. Run: four samples and the gap plot.")),
+]
+"""The example workflows, in the order of the template browser's cards."""
+
+
+def workflow_ui(workflow: Workflow, object_info: dict) -> dict:
+    """One example in UI format: its note first (top left), then the graph."""
+    graph = Graph(object_info)
+    graph.note(workflow.note, "How to use this workflow")
+    workflow.build(graph)
+    return graph.to_ui()
+
+
+THUMBNAIL = 512
+"""Thumbnails are square JPEGs of this many pixels (the template browser crops its cards to a square)."""
+
+
+def thumbnail(picture: Path, stem: str):
+    """A template card's picture: the workflow's result (``picture``, a plot of the method from a run) under the
+    method and the model family, on white."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    method, _, rest = stem.partition(" - ")
+    what, _, family = rest.rpartition(" (")
+    card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), "white")
+    draw = ImageDraw.Draw(card)
+    draw.rectangle([0, 0, THUMBNAIL, 112], fill=(34, 52, 78))
+    draw.text((20, 14), method, fill="white", font=ImageFont.load_default(size=34))
+    draw.text((20, 62), f"{what}, {family.rstrip(')')}", fill=(200, 215, 235), font=ImageFont.load_default(size=21))
+    plot = Image.open(picture).convert("RGB")
+    plot.thumbnail((THUMBNAIL - 16, THUMBNAIL - 136), Image.LANCZOS)
+    card.paste(plot, ((THUMBNAIL - plot.width) // 2, 124 + (THUMBNAIL - 132 - plot.height) // 2))
+    return card
+
+
+def write_thumbnails(demo_out: Path) -> None:
+    """Each workflow's thumbnail, ``workflows/<stem>.jpg``, from the result its ``Workflow.result`` names in a
+    ``make demo`` output folder (the newest if several)."""
+    for workflow in WORKFLOWS:
+        found = sorted(demo_out.glob(workflow.result.format(stem=workflow.stem)))
+        if not found:
+            raise FileNotFoundError(f"{workflow.stem}: no {workflow.result.format(stem=workflow.stem)} in {demo_out}; "
+                                    "run make demo first")
+        target = REPO / "workflows" / f"{workflow.stem}.jpg"
+        thumbnail(found[-1], workflow.stem).save(target, quality=85, optimize=True)
+        print(f"wrote {target.relative_to(REPO)} from {found[-1].relative_to(demo_out)}")
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--thumbnails"]:
+        write_thumbnails(Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "demo_out")
+        return
     with ComfyServer(REPO / ".cache" / "workflow_base", REPO) as server:
         object_info = server.object_info()
-    for name, build in WORKFLOWS.items():
-        graph = Graph(object_info)
-        build(graph)
-        workflow = graph.to_ui()
-        (REPO / "workflows" / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
-        names = {node: info["display_name"] for node, info in object_info.items()}
-        thumbnail(workflow, names).save(REPO / "workflows" / f"{name}.jpg", quality=85)
-        print(f"wrote workflows/{name}.json and its thumbnail {name}.jpg")
+    for workflow in WORKFLOWS:
+        path = REPO / "workflows" / f"{workflow.stem}.json"
+        path.write_text(json.dumps(workflow_ui(workflow, object_info), indent=1) + "\n")
+        print(f"wrote {path.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 from tools.comfy_host import EXAMPLE_IMAGE, TINY_OVERRIDES, sampler_names, txt2img, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
-WORKFLOW = REPO / "workflows" / "diffier_cfg_sweep.json"
+WORKFLOW = REPO / "workflows" / "DiffIER - euler vs DiffIER at cfg 4 and 10 (SD1.5).json"
 DOCS = REPO / "web" / "docs"
 DIFFIER_NODES = {"ErrorControlDiffIERSampler", "ErrorControlDiffIERGapMeter"}
 

@@ -177,7 +177,7 @@ def test_the_packed_zip_leaves_out_the_harness_and_runs_from_a_clean_custom_node
     write_example_image(base / "input" / EXAMPLE_IMAGE)
     with ComfyServer(base, None, host=host) as server:
         assert_pack_serves(server)
-        run_workflow(server, "ddim_inversion_reconstruct")
+        run_workflow(server, "DDIM inversion - reconstruct an image (SD1.5)")
 
 
 def test_comfyui_manager_installs_runs_disables_and_uninstalls_the_pack_from_a_git_url(host, git_repo, tmp_path):
@@ -205,7 +205,7 @@ def test_comfyui_manager_installs_runs_disables_and_uninstalls_the_pack_from_a_g
     item = {"id": PACK_NAME, "version": "unknown", "files": [git_url], "ui_id": PACK_NAME}
     with server() as comfy:
         assert_pack_serves(comfy)
-        run_workflow(comfy, "vrg_calibrate_and_sample")
+        run_workflow(comfy, "VRG - calibrate a schedule and sample (SD1.5)")
         history = manager_batch(comfy, "disable", item)
         assert history["nodepack_result"] == {PACK_NAME: "success"}, history
     assert not installed.exists() and (base / "custom_nodes" / ".disabled" / PACK_NAME).is_dir()

@@ -20,7 +20,8 @@ from tools.comfy_host import (
     with_input,
 )
 
-WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "noise_awareness_guidance.json"
+WORKFLOW = (Path(__file__).resolve().parents[2] / "workflows"
+            / "Noise Awareness Guidance - plain vs guided, with its estimator (SD1.5).json")
 
 GUIDANCE = {"strength": 0.5, "mode": "fixed", "delta": 0.15, "start_percent": 0.3, "end_percent": 1.0}
 NAG_NODES = {"ErrorControlNoiseAwarenessGuidance", "ErrorControlNoiseAwarenessGuider", "ErrorControlNoiseShiftMeter",

@@ -1,8 +1,10 @@
 """The host itself: a real ComfyUI with the pack mounted serves, samples on the tiny checkpoint, converts UI-format
 workflows like the frontend does, and survives bad prompts. The pack's own nodes are tested in test_pack.py."""
 
+import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -18,6 +20,8 @@ from tools.comfy_host import (
     ui_to_api,
     with_input,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +116,20 @@ def test_ui_to_api_says_which_node_has_too_few_widget_values(object_info):
     workflow = ui_workflow()
     workflow["nodes"][6]["widgets_values"] = [123, 2, 1.0, "euler", "normal", 1.0]  # no control_after_generate
     with pytest.raises(ValueError, match=r"node 7 \(KSampler\): 6 widgets_values"):
+        ui_to_api(workflow, object_info)
+
+
+def test_ui_to_api_gives_trailing_optional_widgets_missing_from_an_older_save_their_defaults(object_info):
+    """A workflow saved before POLARIS Denoise gained its optional ``reference_strength`` has one widget value fewer;
+    the frontend loads it with the new widget at its default, and so does ui_to_api."""
+    workflow = json.loads(next((REPO / "workflows").glob("POLARIS - invert and reconstruct an image*.json")).read_text())
+    (denoise,) = [node for node in workflow["nodes"] if node["type"] == "ErrorControlPolarisDenoise"]
+    current = ui_to_api(workflow, object_info)
+    assert current[str(denoise["id"])]["inputs"]["reference_strength"] == 0.0
+    denoise["widgets_values"] = denoise["widgets_values"][:-1]
+    assert ui_to_api(workflow, object_info) == current
+    denoise["widgets_values"] = denoise["widgets_values"][:-1]  # 'blend' is required: no default is guessed
+    with pytest.raises(ValueError, match=r"ErrorControlPolarisDenoise\): 1 widgets_values"):
         ui_to_api(workflow, object_info)
 
 
