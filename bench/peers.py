@@ -354,6 +354,24 @@ def discrete_sigmas(beta_start: float = 0.00085, beta_end: float = 0.012, timest
     return ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
 
 
+def sigma_at(model_sigmas: Tensor, timesteps: Tensor) -> Tensor:
+    """σ at fractional ``timesteps`` of the ascending table ``model_sigmas``, interpolated linearly in t on log σ (ComfyUI's
+    ModelSamplingDiscrete.sigma)."""
+    log_sigmas = model_sigmas.double().log()
+    low = timesteps.double().floor().long().clamp(0, len(log_sigmas) - 2)
+    weight = timesteps.double() - low
+    return ((1 - weight) * log_sigmas[low] + weight * log_sigmas[low + 1]).exp()
+
+
+def normal_schedule(model_sigmas: Tensor, steps: int, sgm: bool = False) -> Tensor:
+    """ComfyUI's ``normal`` scheduler on a discrete model (``sgm_uniform`` with ``sgm``): ``steps`` timesteps evenly from
+    the last to the first of the table (``steps + 1`` with the last dropped for sgm), their σ, then 0."""
+    last = len(model_sigmas) - 1
+    timesteps = torch.linspace(last, 0, steps + 1, dtype=torch.float64)[:-1] if sgm else torch.linspace(
+        last, 0, steps, dtype=torch.float64)
+    return torch.cat([sigma_at(model_sigmas, timesteps), torch.zeros(1, dtype=torch.float64)])
+
+
 def beta_schedule(model_sigmas: Tensor, steps: int, alpha: float = 0.6, beta: float = 0.6) -> Tensor:
     """The beta scheduler (Lee et al. 2024, "Beta Sampling is All You Need", arXiv 2407.12173) as ComfyUI's
     ``beta_scheduler``: timesteps at the Beta(α, β) quantiles of ``1 - i/steps``, rounded onto the ascending table

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 import torch
 from torch import Tensor
 
@@ -33,6 +32,7 @@ from samplers import core
 from samplers.inversion import ddim
 from samplers.vrg import ErrorProfile, cumulative_error, default_sigma_grid, measure_error_profile, optimize_sigmas
 
+from . import peers
 from .kit import karras, markdown_table
 from .testbeds import gmm
 
@@ -41,11 +41,6 @@ STEP_COUNTS = (10, 20)
 BASES = {False: ("karras", "normal"), True: ("uniform", "shift3")}
 # ComfyUI's other schedulers on SD1.5's σ table; CPE only (the sample table keeps to BASES).
 CPE_BASES = {False: ("karras", "normal", "exponential", "sgm_uniform", "beta", "ays"), True: ("uniform", "shift3")}
-SD15_SIGMA_MIN, SD15_SIGMA_MAX = 0.0292, 14.6146
-# Align Your Steps' 10-step levels for SD1.x (Sabour et al. 2024, "Align Your Steps", published table, as in ComfyUI's
-# AlignYourStepsScheduler): other step counts interpolate them log-linearly; the last level becomes 0.
-AYS_SD1 = (14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092, 0.9642583904,
-           0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582)
 """Base schedules per parametrisation (key: flow)."""
 
 
@@ -77,50 +72,21 @@ def make_mixture() -> gmm.GaussianMixture:
 # Schedules
 
 
-def sd15_sigma(t: Tensor) -> Tensor:
-    """σ at (fractional) timesteps of SD1.5's linear-β DDPM table, ``β_t = linspace(√0.00085, √0.012, 1000)²``,
-    ``σ_t = √((1-ᾱ_t)/ᾱ_t)``, interpolated linearly in t on log σ (as ComfyUI's discrete model sampling does)."""
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=F64) ** 2
-    alphas_bar = torch.cumprod(1 - betas, 0)
-    log_sigmas = (((1 - alphas_bar) / alphas_bar) ** 0.5).log()
-    return log_linear(log_sigmas, t)
-
-
-def log_linear(log_table: Tensor, positions: Tensor) -> Tensor:
-    """``exp`` of ``log_table`` interpolated linearly at fractional indices ``positions``."""
-    low = positions.floor().long().clamp(max=len(log_table) - 2)
-    w = positions - low
-    return ((1 - w) * log_table[low] + w * log_table[low + 1]).exp()
-
-
-def then_zero(sigmas: Tensor) -> Tensor:
-    """ComfyUI's SIGMAS: the levels, then 0."""
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
-
-
-def sd15_timesteps(name: str, steps: int) -> Tensor:
-    """The timesteps of ComfyUI's discrete schedulers: "normal" (999 → 0), "sgm_uniform" (999 → 0, last dropped) and
-    "beta" (Beta(0.6, 0.6) quantiles, Lee et al. 2024)."""
-    if name == "normal":
-        return torch.linspace(999, 0, steps, dtype=F64)
-    if name == "sgm_uniform":
-        return torch.linspace(999, 0, steps + 1, dtype=F64)[:-1]
-    quantiles = 1 - np.linspace(0, 1, steps, endpoint=False)
-    return torch.from_numpy(np.rint(scipy.stats.beta.ppf(quantiles, 0.6, 0.6) * 999)).unique().flip(0).to(F64)
-
-
 def base_schedule(name: str, steps: int) -> Tensor:
-    """A base schedule by name: "karras", "normal", "sgm_uniform", "beta", "exponential", "ays" (VE σ, SD1.5's range) or
-    "uniform", "shift3" (flow s, ``s' = 3s/(1+2s)``)."""
+    """A base schedule by name: ComfyUI's "karras", "normal", "sgm_uniform", "beta", "exponential" and "ays" on SD1.5's
+    σ table (``bench.peers``, the one copy of those recipes) or "uniform", "shift3" (flow s, ``s' = 3s/(1+2s)``)."""
+    sd15 = peers.discrete_sigmas()
     if name == "karras":
         return karras(steps)
-    if name in ("normal", "sgm_uniform", "beta"):
-        return then_zero(sd15_sigma(sd15_timesteps(name, steps)))
+    if name in ("normal", "sgm_uniform"):
+        return peers.normal_schedule(sd15, steps, sgm=name == "sgm_uniform")
+    if name == "beta":
+        return peers.beta_schedule(sd15, steps)
     if name == "ays":
-        positions = torch.linspace(0, len(AYS_SD1) - 1, steps + 1, dtype=F64)
-        return then_zero(log_linear(torch.tensor(AYS_SD1, dtype=F64).log(), positions)[:-1])
+        return peers.align_your_steps("SD1", steps)
     if name == "exponential":
-        return then_zero(torch.linspace(np.log(SD15_SIGMA_MAX), np.log(SD15_SIGMA_MIN), steps, dtype=F64).exp())
+        low, high = np.log(peers.SD1_SIGMA_RANGE)
+        return torch.cat([torch.linspace(high, low, steps, dtype=F64).exp(), torch.zeros(1, dtype=F64)])
     s = torch.linspace(1.0, 0.0, steps + 1, dtype=F64)
     if name == "uniform":
         return s

@@ -5,7 +5,6 @@ The measurement runs in a child process (``python -m bench.cost --quick --json``
 """
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import peers
 from bench.cost import markdown_table
 
 REPO = Path(__file__).parents[2]
@@ -36,17 +36,6 @@ def row_of(rows: list[dict], prefix: str) -> dict:
     found = [row for row in rows if row["method"].startswith(prefix)]
     assert len(found) == 1, [row["method"] for row in rows]
     return found[0]
-
-
-def sd15_sigma(timestep: float) -> float:
-    """SD1.5's noise level at a (fractional) timestep, computed here from its scaled-linear β schedule (0.00085 to 0.012
-    over 1000 steps) and interpolated in log σ, as a discrete EPS model samples it."""
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1 - betas, 0)
-    log_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).float().log()
-    low, weight = math.floor(timestep), timestep - math.floor(timestep)
-    high = min(low + 1, 999)
-    return float(((1 - weight) * log_sigmas[low] + weight * log_sigmas[high]).exp())
 
 
 def test_rows_have_the_table_structure(rows):
@@ -79,7 +68,7 @@ def test_noise_awareness_guidance_adds_one_conditional_call_per_step_in_its_wind
     assert len(sigmas) == steps + 1 and sigmas[-1] == 0
     # the window's top is the level at start_percent of the model's timesteps (its bottom, at end_percent 1, is σ = 0)
     assert details["end_percent"] == 1.0
-    top = sd15_sigma((1 - details["start_percent"]) * 999)
+    top = float(peers.sigma_at(peers.discrete_sigmas(), torch.tensor((1 - details["start_percent"]) * 999)))
     guided = sum(1 for sigma in sigmas[:-1] if 0 < sigma <= top)
     assert 0 < guided < steps  # the default window guides part of the schedule
     # plain CFG: cond and uncond a step (2 rows, batched into one call where memory allows); guidance: one more call, of
