@@ -34,12 +34,12 @@ bench: venv
 bench-quick: venv
 	$(PY) -m bench --quick
 
-# The CUDA check (tools/device_check.py): host tests and cost bench on the GPU at each precision; --dry on the CPU.
+# The CUDA check (bench/device_check.py): host tests and cost bench on the GPU at each precision; --dry on the CPU.
 device-check: venv
-	$(PY) tools/device_check.py --gpu
+	$(PY) -m bench.device_check --gpu
 
 device-check-dry: venv
-	$(PY) tools/device_check.py --dry
+	$(PY) -m bench.device_check --dry
 
 ui: venv
 	$(PY) tools/comfy_host.py ui --port 8188

@@ -182,10 +182,10 @@ def seeded_conditioning(family: str, seed: int, length: int | None = None) -> li
 
 
 def import_host() -> str:
-    """Import ComfyUI here with ``--cpu`` set first (tools/comfy_host.py) and return its version."""
+    """Import ComfyUI here with ``--cpu`` set first (tools/hosts.py) and return its version."""
     if str(REPO) not in sys.path:
         sys.path.append(str(REPO))  # appended: ComfyUI's own top-level modules (nodes, utils, ...) must win
-    from tools.comfy_host import import_comfy
+    from tools.hosts import import_comfy
 
     import_comfy()
     import comfyui_version
@@ -235,7 +235,7 @@ def seeded_weights(shapes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """fp16 weights for a state dict of shapes, filled in sorted key order from one generator seeded with SEED."""
     import torch
 
-    from tools.comfy_host import seeded_weight
+    from tools.hosts import seeded_weight
 
     generator = torch.Generator().manual_seed(SEED)
     return {key: seeded_weight(key, shapes[key].shape, generator) for key in sorted(shapes)}

@@ -1,13 +1,13 @@
 """The CUDA check: the host tests and the cost bench on a GPU, at each precision the model allows; a short report.
 
-``python tools/device_check.py --gpu`` (``make device-check``) runs, for each precision (ComfyUI's default, fp16 and
+``python -m bench.device_check --gpu`` (``make device-check``) runs, for each precision (ComfyUI's default, fp16 and
 bf16 weights and VAE, the last only where the GPU supports it):
   * the host tests on every host (``tests/host``, the soak left out) with the server on the GPU;
   * the cost bench (``bench.cost``, quick mode) in-process on the GPU.
 ``--dry`` does the same on the CPU with ComfyUI's default precision and only ``tests/host/test_server.py``: it checks
 the command itself where no GPU is (minutes, not an hour). The report goes to ``device_out/REPORT.md`` (``--out``).
 The device and precision reach ComfyUI through ``$ERROR_CONTROL_DEVICE`` and ``$ERROR_CONTROL_DTYPE``
-(tools/comfy_host.py, ``device_flags``).
+(tools/hosts.py, ``device_flags``).
 """
 
 from __future__ import annotations
