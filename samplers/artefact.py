@@ -11,7 +11,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -46,6 +46,8 @@ class ArtefactFormat:
     what: str  # for messages, e.g. "VRG error profile"
     fix: str  # what the user can do about a bad file
     former_names: tuple[str, ...] = ()  # format tags of files written before a rename: read as this format
+    former_versions: dict[str, dict] = field(default_factory=dict)
+    """Earlier format versions still read: version -> the fields added since, with the value an old file means."""
 
     def save(self, path: str | os.PathLike, tensors: dict[str, Tensor], record: dict) -> None:
         """Write atomically: a temp file beside ``path``, then a rename, so no reader ever sees half a file."""
@@ -69,7 +71,8 @@ class ArtefactFormat:
                 meta, keys = f.metadata() or {}, set(f.keys())
                 if meta.get("format") not in (self.name, *self.former_names):
                     raise ValueError(f"{where}: {path} is a safetensors file but not a {self.what}. {self.fix}")
-                if meta.get("format_version") != self.version:
+                added = self.former_versions.get(meta.get("format_version"), {})
+                if meta.get("format_version") != self.version and not added:
                     raise ValueError(f"{where}: {path} has {self.what} format {meta.get('format_version')!r}, this pack "
                                      f"reads {self.version!r}. Update the pack, or make the file again.")
                 if keys != set(self.tensors):
@@ -81,7 +84,8 @@ class ArtefactFormat:
             record = json.loads(meta.get("record", ""))
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: {path} is a damaged {self.what}: {e}. {self.fix}") from e
-        if not (isinstance(record, dict) and set(record) == set(self.fields)
-                and all(isinstance(record[k], kind) for k, kind in self.fields.items())):
+        expected = {k: kind for k, kind in self.fields.items() if k not in added}  # an earlier version has fewer
+        if not (isinstance(record, dict) and set(record) == set(expected)
+                and all(isinstance(record[k], kind) for k, kind in expected.items())):
             raise ValueError(f"{where}: {path} is a damaged {self.what}: unexpected metadata {record!r}. {self.fix}")
-        return tensors, record
+        return tensors, {**record, **added}

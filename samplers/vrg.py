@@ -39,7 +39,9 @@ _JSON_TYPES = {"flow": bool, "model": str, "batch_size": int, "seed": int, "cond
                "pack_version": str, "schedules": dict}
 """What each :class:`ErrorProfile` metadata field must be in a file's JSON (a tuple comes back as a list)."""
 PROFILE_FORMAT = ArtefactFormat("error_control_samplers.vrg_profile", "3", ("sigmas", "mse_x0"), _JSON_TYPES,
-                                "VRG error profile", "Choose a profile written by VRG Calibrate, or calibrate again.")
+                                "VRG error profile", "Choose a profile written by VRG Calibrate, or calibrate again.",
+                                former_versions={"2": {"schedules": {}}})
+"""Format 3 added the schedule search's choices; a format-2 profile (no search run) still loads, with none."""
 
 _EDGE = 1e-3
 """Each ratio stops this fraction short of its trust-region edge: tanh is exactly ±1 in float64 once |f| > 19, and a

@@ -307,3 +307,17 @@ def test_foreign_or_corrupt_files_are_refused(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(ValueError, match="bad.safetensors"):
         vrg.ErrorProfile.load(path)
+
+
+def test_a_profile_of_format_2_still_loads_with_no_searched_schedules(tmp_path):
+    grid = torch.tensor([0.1, 1.0], dtype=torch.float64)
+    before_the_search = ('{"flow": false, "model": "m", "batch_size": 1, "seed": 0, "conditioning": "", '
+                         '"latent_shape": [4], "pack_version": "0.2.0"}')
+    _write_profile_like(tmp_path / "v2.safetensors", {"sigmas": grid, "mse_x0": grid.clone()}, before_the_search, "2")
+    loaded = vrg.ErrorProfile.load(tmp_path / "v2.safetensors")
+    assert loaded.model == "m" and loaded.schedules == {}
+    with_a_field_of_format_3 = before_the_search[:-1] + ', "schedules": {}}'
+    _write_profile_like(tmp_path / "mixed.safetensors", {"sigmas": grid, "mse_x0": grid.clone()}, with_a_field_of_format_3,
+                        "2")
+    with pytest.raises(ValueError, match="mixed.safetensors"):
+        vrg.ErrorProfile.load(tmp_path / "mixed.safetensors")
