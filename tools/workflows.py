@@ -22,10 +22,11 @@ PLOT_HEIGHT = 230
 """Pixels the live plots of web/js/plots.js add to a node, per plot output."""
 PREVIEW_HEIGHT = 300
 """Pixels reserved below the widgets of a node that shows its images after a run (SaveImage, SaveAnimatedWEBP): the
-frontend draws the preview inside the node and grows a node shorter than its widgets + 220 px, over the node below."""
-PREVIEW_NODES = {"SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG"}
+frontend draws the preview inside the node and grows a node shorter than its widgets + 220 px, over the node below;
+Load Image shows its picture likewise."""
+PREVIEW_NODES = {"LoadImage", "SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG"}
 NOTE_WIDTH = 420
-VIEW = {"scale": 0.9, "offset": [80, 60]}
+VIEW = {"scale": 0.9, "offset": [100, 160]}
 """The saved view (``extra.ds``): 90 % zoom, the graph's top left corner clear of the frontend's side bar and menu."""
 
 
@@ -588,20 +589,22 @@ THUMBNAIL = 512
 
 
 def thumbnail(picture: Path, stem: str):
-    """A template card's picture: the workflow's result (``picture``, a plot of the method from a run) under the
+    """A template card's picture: the workflow's result (``picture``, a plot of the method from a run) above the
     method and the model family, on white."""
     from PIL import Image, ImageDraw, ImageFont
 
     method, _, rest = stem.partition(" - ")
     what, _, family = rest.rpartition(" (")
     card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), "white")
-    draw = ImageDraw.Draw(card)
-    draw.rectangle([0, 0, THUMBNAIL, 112], fill=(34, 52, 78))
-    draw.text((20, 14), method, fill="white", font=ImageFont.load_default(size=34))
-    draw.text((20, 62), f"{what}, {family.rstrip(')')}", fill=(200, 215, 235), font=ImageFont.load_default(size=21))
     plot = Image.open(picture).convert("RGB")
     plot.thumbnail((THUMBNAIL - 16, THUMBNAIL - 136), Image.LANCZOS)
-    card.paste(plot, ((THUMBNAIL - plot.width) // 2, 124 + (THUMBNAIL - 132 - plot.height) // 2))
+    card.paste(plot, ((THUMBNAIL - plot.width) // 2, 8 + (THUMBNAIL - 136 - plot.height) // 2))
+    # the caption at the bottom: newer frontends lay a "Node graph" badge over a card's top left corner
+    draw = ImageDraw.Draw(card)
+    draw.rectangle([0, THUMBNAIL - 116, THUMBNAIL, THUMBNAIL], fill=(34, 52, 78))
+    draw.text((20, THUMBNAIL - 104), method, fill="white", font=ImageFont.load_default(size=34))
+    draw.text((20, THUMBNAIL - 54), f"{what}, {family.rstrip(')')}", fill=(200, 215, 235),
+              font=ImageFont.load_default(size=21))
     return card
 
 

@@ -13,6 +13,7 @@ from playwright.sync_api import expect
 from tools.comfy_host import (
     CACHE,
     CHECKPOINT_NAME,
+    NOTE_TYPES,
     conditioning_stand_ins,
     tiny_api_graph,
     tiny_overrides,
@@ -143,6 +144,75 @@ def test_workflow_loads_without_missing_nodes_and_runs_from_the_ui(page, comfy, 
         assert plot["coloured"] > 200, plot  # the series lines are drawn (the frame and text are grey)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{workflow.stem}.png"))
+    assert page.errors == []
+
+
+PACK = "error-control-samplers"
+THUMBNAIL_PIXELS = 512  # tools/workflows.py, THUMBNAIL
+SAVED_SCALE = 0.9  # tools/workflows.py, VIEW
+
+NODE_BOXES = """() => app.graph._nodes.map(n => ({id: n.id, type: n.type, title: n.title,
+    box: [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]}))"""
+"""Each node's bounding box on the canvas, its title bar included; a node that shows images after a run has grown to
+hold them (the frontend resizes it), so its size covers the preview."""
+
+
+def overlapping(boxes: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of nodes whose boxes intersect."""
+    return [(a["title"], b["title"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if a["box"][0] < b["box"][2] and b["box"][0] < a["box"][2] and a["box"][1] < b["box"][3]
+            and b["box"][1] < a["box"][3]]
+
+
+def open_pack_templates(page) -> None:
+    """The template browser (the menu's Browse Templates), on this pack's category, over no other dialog."""
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    page.evaluate("async () => await app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_role("dialog").get_by_text(PACK, exact=True).first.click()
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_the_template_browser_shows_the_workflow_readably_and_it_opens_with_its_note(page, comfy, workflow):
+    """The card a user sees: the file name as the title (the only title a pack's template has), the description
+    where the frontend shows one on the card (the file name with '-' and '_' as spaces), the thumbnail loaded at its
+    full 512 px; clicked, the workflow opens with its note, no two nodes overlapping, at the saved 90 % where the
+    frontend restores a workflow's view (1.58.1 fits a template to the window instead)."""
+    saved = json.loads(workflow.read_text())
+    open_pack_templates(page)
+    card = page.get_by_test_id(f"template-workflow-{workflow.stem}")
+    card.scroll_into_view_if_needed()
+    expect(card).to_contain_text(workflow.stem)
+    version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+    if version.startswith("1.32."):  # the card shows the description; 1.58.1 shows it only in a detail view
+        expect(card).to_contain_text(" ".join(workflow.stem.replace("-", " ").replace("_", " ").split()))
+    expect(card.locator("img").first).to_have_js_property("naturalWidth", THUMBNAIL_PIXELS)
+    card.click()
+    page.wait_for_function("(n) => app.graph._nodes.length === n",
+                           arg=len(saved["nodes"]), timeout=30_000)
+    if version.startswith("1.32."):
+        # The files the test server lacks (the SD1.5 checkpoint, text encoders, the families it cannot load): the
+        # missing-model dialog lists each from its loader's models entry, with its download (1.58.1 shows a toast)
+        missing = [entry for node in saved["nodes"] for entry in node["properties"].get("models", [])
+                   if entry["name"] not in comfy.get(f"/models/{entry['directory']}").json()]
+        assert missing
+        dialog = page.get_by_role("dialog").filter(has_text="Missing Models")
+        expect(dialog.get_by_role("option")).to_have_count(len(missing))
+        for entry in missing:
+            option = dialog.get_by_role("option").filter(has_text=f"{entry['directory']} / {entry['name']}")
+            expect(option.get_by_role("button", name="Copy URL")).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(dialog).to_have_count(0)
+    (note,) = [node for node in saved["nodes"] if node["type"] in NOTE_TYPES]
+    heading = note["widgets_values"][0].splitlines()[0].lstrip("# ")
+    assert page.evaluate("() => app.graph._nodes.filter(n => n.type === 'MarkdownNote').map(n => n.widgets[0].value)"
+                         ) == note["widgets_values"]
+    assert overlapping(page.evaluate(NODE_BOXES)) == []
+    if not version.startswith("1.58."):
+        expect(page.get_by_text(heading)).to_be_visible()
+        assert page.evaluate("() => app.canvas.ds.scale") == pytest.approx(SAVED_SCALE)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"template_{workflow.stem}_{version}.png"))
     assert page.errors == []
 
 
