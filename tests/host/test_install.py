@@ -168,7 +168,7 @@ def test_the_packed_zip_leaves_out_the_harness_and_runs_from_a_clean_custom_node
     with zipfile.ZipFile(clone / "node.zip") as packed:
         names = packed.namelist()
         assert not [n for n in names if n.startswith(LEFT_OUT)], [n for n in names if n.startswith(LEFT_OUT)]
-        tracked = run(["git", "ls-files"], cwd=clone).stdout.split()
+        tracked = [name for name in run(["git", "ls-files", "-z"], cwd=clone).stdout.split("\0") if name]  # names with spaces
         needed = [name for name in tracked if name.startswith(PACK_PARTS)]
         assert set(needed) <= set(names), sorted(set(needed) - set(names))
         base = tmp_path / "base"
