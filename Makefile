@@ -7,7 +7,7 @@ venv:
 	bash tools/bootstrap.sh
 
 demo: venv
-	$(PY) tools/demo.py --out demo_out
+	$(PY) -m bench.demo --out demo_out
 
 test: venv lint
 	$(PY) -m pytest tests -m "not slow" -v -rA --durations=10
