@@ -274,11 +274,12 @@ def clean_latents(g: Graph, vae: Out) -> Node:
 
 
 def vrg_calibration(g: Graph, model: Out, clip: Out, vae: Out, profile_name: str) -> Node:
-    """Encoded images → VRG Calibrate with an empty prompt at cfg 1."""
+    """Encoded images → VRG Calibrate with an empty prompt at cfg 1, and the schedule search for the 20 euler steps the
+    KSampler beside it runs."""
     clean = clean_latents(g, vae)
     empty_prompt = g.add("CLIPTextEncode", title="Empty prompt (calibration)", text="", clip=clip)
     return g.add("ErrorControlVRGCalibrate", model=model, latent=clean[0], positive=empty_prompt[0], grid_points=32,
-                 profile_name=profile_name)
+                 profile_name=profile_name, sampler_name="euler", search_steps="20")
 
 
 def noise_estimator(g: Graph, model: Out, vae: Out, name: str, folder: str) -> Node:
@@ -290,7 +291,7 @@ def noise_estimator(g: Graph, model: Out, vae: Out, name: str, folder: str) -> N
     return trained
 
 
-SEARCH_TITLE = "Schedule search: set search_steps (e.g. 20) for every candidate's measured error"
+SEARCH_TITLE = "Schedule search: every candidate's measured error at 20 steps"
 
 
 def vrg_calibrate_and_sample(g: Graph) -> None:
@@ -536,8 +537,10 @@ WORKFLOWS = [
         "error profile (its plot) to `models/vrg_profiles`; the `vrg` scheduler then spends the steps where the error is. "
         "The same KSampler runs with `normal` and with `vrg` side by side.\n\n**Model files**\n" + SD15_FILES + "\n\n"
         "1. Connect 4–16 of your images to **Clean latents** (one example repeated is there).\n"
-        "2. Set your prompt; optionally type step counts (e.g. `20`) into `search_steps` to also search the schedules "
-        "(thousands of model calls).\n3. Run: **Sampled (vrg)** beside **Sampled (normal)**; the profile is kept.")),
+        "2. Set your prompt; `search_steps` is 20, the KSampler's steps: the search measures every scheduler with and "
+        "without VRG once (thousands of model calls, minutes on a GPU) and `vrg` then hands out the winner. Add the "
+        "other step counts you sample with (e.g. `10, 20, 30`).\n3. Run: **Sampled (vrg)** beside **Sampled (normal)**; "
+        "the profile and the choices are kept.")),
     Workflow("VRG - sample with a saved profile (SD1.5)", vrg_saved_profile, "images/{stem}__schedule_0*.png", (
         "## VRG: sample with a saved profile\n"
         "**VRG Load Profile** reads a profile that VRG Calibrate saved; **VRG Scheduler** turns it into σ for "
