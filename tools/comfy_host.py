@@ -67,7 +67,8 @@ TINY_OVERRIDES = {"CheckpointLoaderSimple": {"ckpt_name": CHECKPOINT_NAME}, "Emp
                   "ImageScale": {"width": 64, "height": 64}, "RepeatImageBatch": {"amount": 5},
                   # fewer steps and levels than a user wants: the tiny model's pictures mean nothing, the graphs still run
                   "KSampler": {"steps": 4}, "ErrorControlPolarisInversion": {"steps": 8},
-                  "ErrorControlVRGCalibrate": {"grid_points": 8, "search_steps": "4", "search_bank": 2}, "ErrorControlNoiseShiftMeter": {"steps": 4},
+                  "ErrorControlVRGCalibrate": {"grid_points": 8, "search_steps": "4", "search_bank": 2},
+                  "ErrorControlNoiseShiftMeter": {"steps": 4},
                   "ErrorControlDiffIERGapMeter": {"steps": 4}, "ErrorControlTrainNoiseEstimator": {"iterations": 60}}
 
 # The UNet of the tiny checkpoint, exactly as comfy.model_detection reads it back from the weights: SD1.5's
