@@ -1,7 +1,8 @@
-"""A real ComfyUI for tests, the demo and ``make ui``: start it headless on loopback, talk to it, build and convert its
-graphs. Which ComfyUIs exist and how a child process imports one is ``tools/hosts.py`` (re-exported here: the tests
-import it all from this module). The server always runs in a child process of the host's interpreter; this module
-imports only the standard library and ``requests`` at top level.
+"""A real ComfyUI for tests, the demo and ``make ui``: start it headless on loopback, talk to it, convert UI workflows to
+its API graphs. Which ComfyUIs exist and how a child process imports one is ``tools/hosts.py``, how the tests' API graphs
+are built is ``tools/api_graphs.py`` (both re-exported here where the tests import them from this module). The server
+always runs in a child process of the host's interpreter; this module imports only the standard library and
+``requests`` at top level.
 
 Commands (``python tools/comfy_host.py ...``):
   ``ui [--port 8188]``      the newest host in the foreground with the pack mounted and the tiny checkpoint available
@@ -15,7 +16,6 @@ with ARGS), ``write-checkpoint PATH`` and ``print-sampler-names``.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import os
@@ -33,6 +33,7 @@ import requests
 
 if __package__ in (None, ""):  # run as a script: the repository on the path, after ComfyUI's own top-level modules
     sys.path.append(str(Path(__file__).resolve().parents[1]))
+from tools.api_graphs import CHECKPOINT_NAME, EXAMPLE_IMAGE, txt2img, with_input  # noqa: E402, F401 (re-exported)
 from tools.hosts import (  # noqa: E402, F401 (the host layer, re-exported: tests and tools import it from here)
     CACHE,
     REPO,
@@ -54,8 +55,6 @@ from tools.hosts import (  # noqa: E402, F401 (the host layer, re-exported: test
 
 if TYPE_CHECKING:
     import torch
-CHECKPOINT_NAME = "tiny_sd15.safetensors"
-EXAMPLE_IMAGE = "error_control_example.png"
 PACK_NAME = "error-control-samplers"
 # The example workflows name users' model files and 512-1024 px; a test or demo server has the tiny SD1.5 checkpoint
 # (and, under users' names, tiny files of the families: ``tiny_overrides``), on which 64 px runs in seconds on a CPU
@@ -475,39 +474,6 @@ def failure(entry: dict) -> PromptFailed:
         if event == "execution_interrupted":
             return PromptFailed("interrupted", data)
     return PromptFailed(f"prompt failed without an error message: {entry['status']}")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Example API graphs (tests, benchmarks)
-
-MODEL_FAMILIES = {
-    "eps": None,
-    "v_prediction": {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "v_prediction", "zsnr": False}},
-    "flow": {"class_type": "ModelSamplingSD3", "inputs": {"shift": 3.0}},
-}
-"""Model patches that turn the tiny EPS checkpoint into each parametrisation (None: as it is)."""
-
-
-def txt2img(steps: int = 4, prefix: str = "txt2img", sampler_name: str = "euler") -> dict:
-    """Tiny checkpoint -> 2x CLIPTextEncode, EmptyLatentImage 64x64 -> KSampler -> VAEDecode -> SaveImage."""
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
-        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "sample": {"class_type": "KSampler", "inputs": {
-            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0],
-            "seed": 42, "steps": steps, "cfg": 5.0, "sampler_name": sampler_name, "scheduler": "normal", "denoise": 1.0}},
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
-    }
-
-
-def with_input(graph: dict, node: str, **inputs) -> dict:
-    """A copy of an API graph with some inputs of one node changed."""
-    changed = copy.deepcopy(graph)
-    changed[node]["inputs"].update(inputs)
-    return changed
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -7,15 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.comfy_host import (
-    CHECKPOINT_NAME,
-    MODEL_FAMILIES,
-    NOTE_TYPES,
-    PromptFailed,
-    tiny_api_graph,
+from tools.api_graphs import (
+    PARAMETRISATION_PATCHES,
+    api_node,
+    base_graph,
+    model_of,
+    patched,
+    sampler_custom_advanced,
+    save_latents,
     txt2img,
-    why_host_cannot_run,
 )
+from tools.comfy_host import NOTE_TYPES, PromptFailed, tiny_api_graph, why_host_cannot_run
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -133,43 +135,27 @@ def test_ddim_inversion_in_a_plain_ksampler_says_how_to_use_it(comfy):
 
 def round_trip_graph(steps: int, model_patch: dict | None, eval_at: str, prefix: str) -> dict:
     """Encode the example image, invert with DDIM at cfg 1, sample back; save both latents."""
-    model = ["patch", 0] if model_patch else ["ckpt", 0]
-    graph = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
-        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["ckpt", 1]}},
-        "guider": {"class_type": "CFGGuider", "inputs": {"model": model, "positive": ["text", 0],
-                                                          "negative": ["text", 0], "cfg": 1.0}},
-        "schedule": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal",
-                                                                "steps": steps, "denoise": 1.0}},
-        "levels": {"class_type": "ErrorControlInversionSigmas", "inputs": {"model": model, "sigmas": ["schedule", 0]}},
-        "noise": {"class_type": "DisableNoise", "inputs": {}},
-        "inverter": {"class_type": "ErrorControlDDIMInversionSampler", "inputs": {"eval_at": eval_at}},
-        "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "invert": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["inverter", 0], "sigmas": ["levels", 0],
-            "latent_image": ["latent", 0]}},
-        "rebuild": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["euler", 0], "sigmas": ["levels", 1],
-            "latent_image": ["invert", 0]}},
-        "save_in": {"class_type": "SaveLatent", "inputs": {"samples": ["latent", 0], "filename_prefix": f"{prefix}_in"}},
-        "save_noise": {"class_type": "SaveLatent", "inputs": {"samples": ["invert", 0],
-                                                              "filename_prefix": f"{prefix}_noise"}},
-        "save_out": {"class_type": "SaveLatent", "inputs": {"samples": ["rebuild", 0],
-                                                            "filename_prefix": f"{prefix}_out"}},
-    }
-    if model_patch:
-        graph["patch"] = {**model_patch, "inputs": {**model_patch["inputs"], "model": ["ckpt", 0]}}
-    return graph
+    graph = base_graph({"text": "a photo"}, empty_latent=False, encoded_image=True, patch=model_patch)
+    model = model_of(graph)
+    graph.update({
+        "guider": api_node("CFGGuider", model=model, positive=["text", 0], negative=["text", 0], cfg=1.0),
+        "schedule": api_node("BasicScheduler", model=model, scheduler="normal", steps=steps, denoise=1.0),
+        "levels": api_node("ErrorControlInversionSigmas", model=model, sigmas=["schedule", 0]),
+        "noise": api_node("DisableNoise"),
+        "inverter": api_node("ErrorControlDDIMInversionSampler", eval_at=eval_at),
+        "euler": api_node("KSamplerSelect", sampler_name="euler"),
+        "invert": sampler_custom_advanced(["noise", 0], ["guider", 0], ["inverter", 0], ["levels", 0], ["latent", 0]),
+        "rebuild": sampler_custom_advanced(["noise", 0], ["guider", 0], ["euler", 0], ["levels", 1], ["invert", 0]),
+    })
+    return save_latents(graph, prefix, **{"in": ["latent", 0], "noise": ["invert", 0], "out": ["rebuild", 0]})
 
 
-@pytest.mark.parametrize("family", MODEL_FAMILIES)
+@pytest.mark.parametrize("family", PARAMETRISATION_PATCHES)
 def test_inversion_round_trip_converges_with_steps_for_every_family(comfy, family):
     errors = {}
     for steps in (5, 40):
         prefix = f"roundtrip_{family}_{steps}"
-        history = comfy.run(round_trip_graph(steps, MODEL_FAMILIES[family], "current", prefix))
+        history = comfy.run(round_trip_graph(steps, PARAMETRISATION_PATCHES[family], "current", prefix))
         latents = comfy.output_latents(history)
         x0, noise, x0_back = (latents[f"{prefix}_{part}"] for part in ("in", "noise", "out"))
         assert torch.isfinite(noise).all() and noise.std() > x0.std()  # it really went up to noise
@@ -185,15 +171,11 @@ def test_vrg_is_appended_to_every_scheduler_dropdown(object_info):
 
 def calibration_graph(name: str, batch: int, points: int) -> dict:
     return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
-        "batch": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["latent", 0], "amount": batch}},
-        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "calibrate": {"class_type": "ErrorControlVRGCalibrate", "inputs": {
-            "model": ["ckpt", 0], "latent": ["batch", 0], "positive": ["text", 0], "cfg": 1.0, "grid_points": points,
-            "seed": 0, "profile_name": name}},
-        "plot": {"class_type": "PreviewImage", "inputs": {"images": ["calibrate", 2]}},
+        **base_graph({"text": ""}, empty_latent=False, encoded_image=True),
+        "batch": api_node("RepeatLatentBatch", samples=["latent", 0], amount=batch),
+        "calibrate": api_node("ErrorControlVRGCalibrate", model=["ckpt", 0], latent=["batch", 0], positive=["text", 0],
+                              cfg=1.0, grid_points=points, seed=0, profile_name=name),
+        "plot": api_node("PreviewImage", images=["calibrate", 2]),
     }
 
 
@@ -203,7 +185,7 @@ def test_calibration_of_8_latents_on_32_levels_writes_one_profile_file(comfy):
     comfy.run(calibration_graph("calibration_test", batch=8, points=32))
     assert {p.name for p in set(folder.glob("*")) - before} == {"calibration_test.safetensors"}
     graph = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        **base_graph({}, empty_latent=False),
         "load": {"class_type": "ErrorControlVRGLoadProfile", "inputs": {"model": ["ckpt", 0],
                                                                         "profile_name": "calibration_test.safetensors"}},
         "schedule": {"class_type": "ErrorControlVRGScheduler", "inputs": {
@@ -217,7 +199,7 @@ def test_calibration_of_8_latents_on_32_levels_writes_one_profile_file(comfy):
 def test_vrg_scheduler_without_a_profile_says_what_to_run(comfy):
     # A flow model has a noise schedule no profile on disk was calibrated for, and no profile travels with it.
     graph = txt2img(prefix="vrg_without_profile")
-    graph["flow"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
+    graph["flow"] = patched(PARAMETRISATION_PATCHES["flow"], ["ckpt", 0])
     graph["sample"]["inputs"].update(model=["flow", 0], scheduler="vrg")
     with pytest.raises(PromptFailed, match="no VRG error profile for this model. Run 'VRG Calibrate'"):
         comfy.run(graph)

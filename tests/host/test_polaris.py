@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tools.comfy_host import CHECKPOINT_NAME, MODEL_FAMILIES, PromptFailed
+from tools.api_graphs import CHECKPOINT_NAME, PARAMETRISATION_PATCHES
+from tools.comfy_host import PromptFailed
 
 
 def base_graph(family_patch: dict | None) -> dict:
@@ -53,12 +54,12 @@ def polaris_graph(steps: int, family_patch: dict | None, prefix: str) -> dict:
     return graph
 
 
-@pytest.mark.parametrize("family", MODEL_FAMILIES)
+@pytest.mark.parametrize("family", PARAMETRISATION_PATCHES)
 def test_polaris_round_trip_converges_and_both_replay_paths_agree(comfy, family):
     errors = {}
     for steps in (4, 20):
         prefix = f"polaris_{family}_{steps}"
-        latents = comfy.output_latents(comfy.run(polaris_graph(steps, MODEL_FAMILIES[family], prefix)))
+        latents = comfy.output_latents(comfy.run(polaris_graph(steps, PARAMETRISATION_PATCHES[family], prefix)))
         x0, noise, out, custom = (latents[f"{prefix}_{part}"] for part in ("in", "noise", "out", "custom"))
         assert torch.isfinite(noise).all() and noise.std() > x0.std()  # it really went up to noise
         # POLARIS Denoise and POLARIS Replay + SamplerCustomAdvanced walk the same levels with the same ω; they differ
@@ -91,11 +92,11 @@ def test_a_trace_saved_in_one_prompt_is_replayed_in_another(comfy):
 
 
 def test_a_trace_made_with_a_flow_model_is_refused_by_an_eps_model(comfy):
-    comfy.run(polaris_graph(3, MODEL_FAMILIES["flow"], "polaris_flow_trace"))
+    comfy.run(polaris_graph(3, PARAMETRISATION_PATCHES["flow"], "polaris_flow_trace"))
     with pytest.raises(PromptFailed, match="POLARIS Load Trace: input 'trace' was made with a flow model, but this "
                                            "model is EPS/V. Invert the image with this model"):
         comfy.run(load_and_denoise("polaris_flow_trace", "polaris_refused"))
-    assert comfy.run(load_and_denoise("polaris_flow_trace", "polaris_flow_ok", MODEL_FAMILIES["flow"]))
+    assert comfy.run(load_and_denoise("polaris_flow_trace", "polaris_flow_ok", PARAMETRISATION_PATCHES["flow"]))
 
 
 def test_load_trace_offers_only_files_of_its_folder(comfy):
@@ -146,7 +147,7 @@ def test_denoise_with_a_reference_pulls_towards_the_source_latent(comfy, family)
     errors = {}
     for strength in (0.0, 0.9):
         prefix = f"polaris_reference_{family}_{int(strength * 10)}"
-        graph = polaris_graph(4, MODEL_FAMILIES[family], prefix)
+        graph = polaris_graph(4, PARAMETRISATION_PATCHES[family], prefix)
         graph["denoise"]["inputs"] = {**graph["denoise"]["inputs"], "reference": ["latent", 0],
                                       "reference_strength": strength}  # a copy: the guider shares the dict
         latents = comfy.output_latents(comfy.run(graph))

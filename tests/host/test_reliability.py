@@ -12,7 +12,8 @@ import requests
 import torch
 from safetensors.torch import save_file
 
-from tools.comfy_host import CACHE, CHECKPOINT_NAME, MODEL_FAMILIES, PromptFailed, PromptRejected, comfy_env, txt2img
+from tools.api_graphs import CHECKPOINT_NAME, PARAMETRISATION_PATCHES, txt2img
+from tools.comfy_host import CACHE, PromptFailed, PromptRejected, comfy_env
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL_CURRENT = "current"
@@ -31,8 +32,8 @@ def graph(*extra: dict, family: str = "eps", **nodes: dict) -> dict:
         "schedule": {"class_type": "BasicScheduler", "inputs": {"model": ["model", 0], "scheduler": "normal", "steps": 4,
                                                                 "denoise": 1.0}},
     }
-    if MODEL_FAMILIES[family]:
-        patch = MODEL_FAMILIES[family]
+    if PARAMETRISATION_PATCHES[family]:
+        patch = PARAMETRISATION_PATCHES[family]
         base["model"] = {**patch, "inputs": {**patch["inputs"], "model": ["ckpt", 0]}}
     for node in nodes.values():
         node.setdefault("inputs", {})
