@@ -3,32 +3,27 @@
 import pytest
 import torch
 
-from tools.api_graphs import CHECKPOINT_NAME, PARAMETRISATION_PATCHES
+from tools.api_graphs import (
+    PARAMETRISATION_PATCHES,
+    PHOTO_PROMPTS,
+    base_graph,
+    model_of,
+    sampler_custom_advanced,
+    save_latent,
+    save_latents,
+)
 from tools.comfy_host import PromptFailed
 
 
-def base_graph(family_patch: dict | None) -> dict:
-    """Tiny checkpoint (patched to a family), the encoded example image, a prompt and an empty negative."""
-    graph = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
-        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["ckpt", 1]}},
-        "empty": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-    }
-    if family_patch:
-        graph["patch"] = {**family_patch, "inputs": {**family_patch["inputs"], "model": ["ckpt", 0]}}
-    return graph
-
-
-def model_of(graph: dict) -> list:
-    return ["patch", 0] if "patch" in graph else ["ckpt", 0]
+def photo_graph(family_patch: dict | None) -> dict:
+    """Tiny checkpoint (patched to a parametrisation), the encoded example image, a prompt and an empty negative."""
+    return base_graph(PHOTO_PROMPTS, empty_latent=False, encoded_image=True, patch=family_patch)
 
 
 def polaris_graph(steps: int, family_patch: dict | None, prefix: str) -> dict:
     """Invert with POLARIS, denoise with POLARIS Denoise and with POLARIS Replay + SamplerCustomAdvanced; save the
     trace as ``prefix`` and the latents as ``prefix_in``, ``_noise``, ``_out``, ``_custom``."""
-    graph = base_graph(family_patch)
+    graph = photo_graph(family_patch)
     model, conds = model_of(graph), {"positive": ["text", 0], "negative": ["empty", 0]}
     replay = {"model": model, **conds, "trace": ["invert", 1], "cfg": 7.0, "blend": 0.0}
     graph.update({
@@ -41,17 +36,13 @@ def polaris_graph(steps: int, family_patch: dict | None, prefix: str) -> dict:
         "sigmas": {"class_type": "ErrorControlPolarisTraceSigmas", "inputs": {"trace": ["invert", 1]}},
         "nonoise": {"class_type": "DisableNoise", "inputs": {}},
         "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "custom": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["euler", 0], "sigmas": ["sigmas", 0],
-            "latent_image": ["invert", 0]}},
+        "custom": sampler_custom_advanced(["nonoise", 0], ["guider", 0], ["euler", 0], ["sigmas", 0], ["invert", 0]),
         "save_trace": {"class_type": "ErrorControlPolarisSaveTrace", "inputs": {"trace": ["invert", 1],
                                                                                 "trace_name": prefix}},
         "plot": {"class_type": "PreviewImage", "inputs": {"images": ["invert", 2]}},
     })
-    for part, source in (("in", "latent"), ("noise", "invert"), ("out", "denoise"), ("custom", "custom")):
-        graph[f"save_{part}"] = {"class_type": "SaveLatent", "inputs": {"samples": [source, 0],
-                                                                        "filename_prefix": f"{prefix}_{part}"}}
-    return graph
+    return save_latents(graph, prefix, **{"in": ["latent", 0], "noise": ["invert", 0], "out": ["denoise", 0],
+                                          "custom": ["custom", 0]})
 
 
 @pytest.mark.parametrize("family", PARAMETRISATION_PATCHES)
@@ -70,17 +61,15 @@ def test_polaris_round_trip_converges_and_both_replay_paths_agree(comfy, family)
 
 
 def load_and_denoise(name: str, prefix: str, family_patch: dict | None = None) -> dict:
-    graph = base_graph(family_patch)
+    graph = photo_graph(family_patch)
     graph.update({
         "load": {"class_type": "ErrorControlPolarisLoadTrace", "inputs": {"model": model_of(graph),
                                                                           "trace_name": f"{name}.safetensors"}},
         "denoise": {"class_type": "ErrorControlPolarisDenoise", "inputs": {
             "model": model_of(graph), "positive": ["text", 0], "negative": ["empty", 0], "trace": ["load", 0],
             "cfg": 7.0, "blend": 0.0}},
-        "save_out": {"class_type": "SaveLatent", "inputs": {"samples": ["denoise", 0], "filename_prefix": f"{prefix}_out"}},
-        "save_noise": {"class_type": "SaveLatent", "inputs": {"samples": ["load", 1], "filename_prefix": f"{prefix}_noise"}},
     })
-    return graph
+    return save_latents(graph, prefix, out=["denoise", 0], noise=["load", 1])
 
 
 def test_a_trace_saved_in_one_prompt_is_replayed_in_another(comfy):
@@ -105,7 +94,7 @@ def test_load_trace_offers_only_files_of_its_folder(comfy):
 
 
 def sampler_graph(guider: dict, trace_name: str) -> dict:
-    graph = base_graph(None)
+    graph = photo_graph(None)
     graph.update({
         "guider": guider,
         "schedule": {"class_type": "BasicScheduler", "inputs": {"model": ["ckpt", 0], "scheduler": "normal", "steps": 4,
@@ -115,10 +104,8 @@ def sampler_graph(guider: dict, trace_name: str) -> dict:
         "inverter": {"class_type": "ErrorControlPolarisInversionSampler", "inputs": {
             "solver": "least_squares", "eval_at": "current", "space": "v",
             "omega_start": 1.0, "trace_name": trace_name}},
-        "invert": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["inverter", 0], "sigmas": ["levels", 0],
-            "latent_image": ["latent", 0]}},
-        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["invert", 0], "filename_prefix": trace_name}},
+        "invert": sampler_custom_advanced(["nonoise", 0], ["guider", 0], ["inverter", 0], ["levels", 0], ["latent", 0]),
+        "save": save_latent(["invert", 0], trace_name),
     })
     return graph
 

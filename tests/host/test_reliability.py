@@ -12,36 +12,37 @@ import requests
 import torch
 from safetensors.torch import save_file
 
-from tools.api_graphs import CHECKPOINT_NAME, PARAMETRISATION_PATCHES, txt2img
+from tools.api_graphs import (
+    PARAMETRISATION_PATCHES,
+    PHOTO_PROMPTS,
+    api_node,
+    base_graph,
+    ksampler,
+    sampler_custom_advanced,
+    save_latent,
+    txt2img,
+)
 from tools.comfy_host import CACHE, PromptFailed, PromptRejected, comfy_env
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL_CURRENT = "current"
 TRACE, PROFILE = "reliability_trace", "reliability_profile"
+EPS_SAMPLING = {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "eps", "zsnr": False}}
 
 
-def graph(*extra: dict, family: str = "eps", **nodes: dict) -> dict:
-    """Tiny checkpoint (as ``family``), the encoded example image, a prompt, an empty negative, plus ``nodes``."""
-    base = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
-        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["ckpt", 1]}},
-        "empty": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "model": {"class_type": "ModelSamplingDiscrete", "inputs": {"model": ["ckpt", 0], "sampling": "eps", "zsnr": False}},
-        "schedule": {"class_type": "BasicScheduler", "inputs": {"model": ["model", 0], "scheduler": "normal", "steps": 4,
-                                                                "denoise": 1.0}},
-    }
-    if PARAMETRISATION_PATCHES[family]:
-        patch = PARAMETRISATION_PATCHES[family]
-        base["model"] = {**patch, "inputs": {**patch["inputs"], "model": ["ckpt", 0]}}
+def graph(family: str = "eps", **nodes: dict) -> dict:
+    """Tiny checkpoint (as ``family``: its parametrisation patch, or ModelSamplingDiscrete eps, as ``model``), the
+    encoded example image, a prompt, an empty negative, a 4-step schedule, plus ``nodes``."""
+    base = base_graph(PHOTO_PROMPTS, empty_latent=False, encoded_image=True,
+                      patch=PARAMETRISATION_PATCHES[family] or EPS_SAMPLING, patch_id="model")
+    base["schedule"] = api_node("BasicScheduler", model=["model", 0], scheduler="normal", steps=4, denoise=1.0)
     for node in nodes.values():
         node.setdefault("inputs", {})
     return {**base, **nodes}
 
 
-def save_latent(source: str) -> dict:
-    return {"class_type": "SaveLatent", "inputs": {"samples": [source, 0], "filename_prefix": "reliability"}}
+def saved(source: str) -> dict:
+    return save_latent([source, 0], "reliability")
 
 
 def preview_image(source: str, output: int) -> dict:
@@ -84,10 +85,8 @@ def replay_on(latent: list) -> dict:
         "levels": {"class_type": "ErrorControlPolarisTraceSigmas", "inputs": {"trace": ["invert", 1]}},
         "nonoise": {"class_type": "DisableNoise"},
         "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["nonoise", 0], "guider": ["guider", 0], "sampler": ["euler", 0], "sigmas": ["levels", 0],
-            "latent_image": latent}},
-        "out": save_latent("sample")}
+        "sample": sampler_custom_advanced(["nonoise", 0], ["guider", 0], ["euler", 0], ["levels", 0], latent),
+        "out": saved("sample")}
 
 
 def nag_patch(**inputs) -> dict:
@@ -96,10 +95,8 @@ def nag_patch(**inputs) -> dict:
         **inputs}}
 
 
-def ksampler(model: list, **inputs) -> dict:
-    return {"class_type": "KSampler", "inputs": {
-        "model": model, "positive": ["text", 0], "negative": ["empty", 0], "latent_image": ["latent", 0], "seed": 1,
-        "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, **inputs}}
+def sampled(model: list, **inputs) -> dict:
+    return ksampler(model, ["text", 0], ["empty", 0], ["latent", 0], **{"seed": 1, "steps": 3, **inputs})
 
 
 def vrg_scheduler(**inputs) -> dict:
@@ -122,35 +119,35 @@ def latent_file(name: str) -> dict:
 
 # (id, graph, exception, message): every message names the node and the input and says what to do.
 MATRIX = [
-    ("steps below 1", graph(invert=inversion(steps=0), out=save_latent("invert")), PromptRejected,
+    ("steps below 1", graph(invert=inversion(steps=0), out=saved("invert")), PromptRejected,
      r"ErrorControlPolarisInversion invert: Value 0 smaller than min of 1: steps"),
-    ("huge step count", graph(invert=inversion(steps=100000), out=save_latent("invert")), PromptRejected,
+    ("huge step count", graph(invert=inversion(steps=100000), out=saved("invert")), PromptRejected,
      r"Value 100000 bigger than max of 1000: steps"),
     ("huge VRG step count", graph(profile=load_profile(f"{PROFILE}.safetensors"), s=vrg_scheduler(steps=20000),
                                   out=preview_image("s", 1)), PromptRejected,
      r"Value 20000 bigger than max of 10000: steps"),
     ("cfg below range", graph(c=calibrate(cfg=0.5), out=preview_image("c", 2)),
      PromptRejected, r"Value 0.5 smaller than min of 1.0: cfg"),
-    ("strength below range", graph(p=nag_patch(strength=-1.0), k=ksampler(["p", 0]), out=save_latent("k")), PromptRejected,
+    ("strength below range", graph(p=nag_patch(strength=-1.0), k=sampled(["p", 0]), out=saved("k")), PromptRejected,
      r"Value -1.0 smaller than min of 0.0: strength"),
-    ("omega_start above range", graph(invert=inversion(omega_start=16.0), out=save_latent("invert")), PromptRejected,
+    ("omega_start above range", graph(invert=inversion(omega_start=16.0), out=saved("invert")), PromptRejected,
      r"Value 16.0 bigger than max of 15.0: omega_start"),
     ("blend above range", graph(invert=inversion(), d={**denoise(["invert", 1]), "inputs": {
-        **denoise(["invert", 1])["inputs"], "blend": 2.0}}, out=save_latent("d")), PromptRejected,
+        **denoise(["invert", 1])["inputs"], "blend": 2.0}}, out=saved("d")), PromptRejected,
      r"Value 2.0 bigger than max of 1.0: blend"),
     ("ascending sigmas into Inversion Sigmas", graph(f=flipped(), s={"class_type": "ErrorControlInversionSigmas", "inputs": {
         "model": ["model", 0], "sigmas": ["f", 0]}}, out={"class_type": "PreviewAny", "inputs": {"source": ["s", 0]}}),
      PromptFailed, r"Inversion Sigmas: input 'sigmas' must be strictly descending; use a scheduler's output"),
-    ("ascending sigmas into POLARIS Inversion", graph(f=flipped(), invert=inversion(sigmas=["f", 0]), out=save_latent("invert")),
+    ("ascending sigmas into POLARIS Inversion", graph(f=flipped(), invert=inversion(sigmas=["f", 0]), out=saved("invert")),
      PromptFailed, r"POLARIS Inversion: input 'sigmas' must be strictly descending"),
-    ("a schedule of zero steps", graph(s=split_last(), invert=inversion(sigmas=["s", 1]), out=save_latent("invert")),
+    ("a schedule of zero steps", graph(s=split_last(), invert=inversion(sigmas=["s", 1]), out=saved("invert")),
      PromptFailed, r"POLARIS Inversion: input 'sigmas' must be a 1-D schedule with at least 2 values.*steps >= 1"),
     ("ascending sigmas into VRG Optimize Sigmas", graph(profile=load_profile(f"{PROFILE}.safetensors"), f=flipped(), o={
         "class_type": "ErrorControlVRGOptimizeSigmas", "inputs": {"profile": ["profile", 1], "sigmas": ["f", 0], "lp": 0.01,
                                                                   "fix_sigma_max": True}},
         out=preview_image("o", 1)), PromptFailed,
      r"VRG Optimize Sigmas.*'sigmas' must be strictly descending"),
-    ("ddim_inversion in a plain KSampler", graph(k=ksampler(["model", 0], sampler_name="ddim_inversion"), out=save_latent("k")),
+    ("ddim_inversion in a plain KSampler", graph(k=sampled(["model", 0], sampler_name="ddim_inversion"), out=saved("k")),
      PromptFailed, r"DDIM Inversion \(sampler ddim_inversion\): input 'sigmas' must be strictly ascending; connect the "
                    r"schedule through FlipSigmas"),
     ("descending sigmas into the POLARIS inversion sampler", graph(
@@ -159,18 +156,17 @@ MATRIX = [
         i={"class_type": "ErrorControlPolarisInversionSampler", "inputs": {
             "solver": "least_squares", "eval_at": EVAL_CURRENT, "space": "v", "omega_start": 1.0, "trace_name": "never"}},
         n={"class_type": "DisableNoise"},
-        s={"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["n", 0], "guider": ["g", 0], "sampler": ["i", 0],
-                                                             "sigmas": ["schedule", 0], "latent_image": ["latent", 0]}},
-        out=save_latent("s")), PromptFailed, r"POLARIS Inversion \(sampler\): input 'sigmas' must be strictly ascending"),
+        s=sampler_custom_advanced(["n", 0], ["g", 0], ["i", 0], ["schedule", 0], ["latent", 0]),
+        out=saved("s")), PromptFailed, r"POLARIS Inversion \(sampler\): input 'sigmas' must be strictly ascending"),
     ("VRG scheduler on its own output", graph(profile=load_profile(f"{PROFILE}.safetensors"), s=vrg_scheduler(scheduler="vrg"),
                                               out=preview_image("s", 1)),
      PromptFailed, r"VRG Scheduler: input 'scheduler' is the base schedule VRG improves; pick one other than 'vrg'"),
     ("VRG scheduler with denoise 0", graph(profile=load_profile(f"{PROFILE}.safetensors"), s=vrg_scheduler(denoise=0.0),
                                            out=preview_image("s", 1)),
      PromptFailed, r"VRG Scheduler: input 'denoise' must be in \(0, 1\]"),
-    ("empty window", graph(p=nag_patch(start_percent=0.8, end_percent=0.2), k=ksampler(["p", 0]), out=save_latent("k")),
+    ("empty window", graph(p=nag_patch(start_percent=0.8, end_percent=0.2), k=sampled(["p", 0]), out=saved("k")),
      PromptFailed, r"Noise Awareness Guidance \(model patch\): inputs 'start_percent' \(0.8\) and 'end_percent' \(0.2\) must"),
-    ("adaptive mode without a profile", graph(p=nag_patch(mode="adaptive"), k=ksampler(["p", 0]), out=save_latent("k")),
+    ("adaptive mode without a profile", graph(p=nag_patch(mode="adaptive"), k=sampled(["p", 0]), out=saved("k")),
      PromptFailed, r"Noise Awareness Guidance \(model patch\): input 'profile'.*VRG Calibrate"),
     ("replay on another batch", graph(b={"class_type": "RepeatLatentBatch", "inputs": {"samples": ["latent", 0], "amount": 2}},
                                       **replay_on(["b", 0])),
@@ -178,12 +174,12 @@ MATRIX = [
     ("replay on another size", graph(e={"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 128,
                                                                                     "batch_size": 1}}, **replay_on(["e", 0])),
      PromptFailed, r"POLARIS Replay \(guider\): the latent has shape \(1, 4, 16, 8\), the trace was made for \(1, 4, 8, 8\)"),
-    ("a flow trace on an EPS model", graph(t=load_trace(f"{TRACE}_flow.safetensors"), d=denoise(["t", 0]), out=save_latent("d")),
+    ("a flow trace on an EPS model", graph(t=load_trace(f"{TRACE}_flow.safetensors"), d=denoise(["t", 0]), out=saved("d")),
      PromptFailed, r"POLARIS Load Trace: input 'trace' was made with a flow model, but this model is EPS/V"),
     ("an EPS profile on a flow model", graph(profile=load_profile(f"{PROFILE}.safetensors"), s=vrg_scheduler(),
                                              out=preview_image("s", 1), family="flow"),
      PromptFailed, r"VRG Load Profile: input 'profile' was calibrated for an EPS/V model, but this model is flow"),
-    ("an EPS trace on a flow model", graph(t=load_trace(f"{TRACE}.safetensors"), d=denoise(["t", 0]), out=save_latent("d"),
+    ("an EPS trace on a flow model", graph(t=load_trace(f"{TRACE}.safetensors"), d=denoise(["t", 0]), out=saved("d"),
                                            family="flow"),
      PromptFailed, r"POLARIS Load Trace: input 'trace' was made with an EPS/V model, but this model is flow"),
     ("empty calibration batch", graph(l=latent_file("zero.latent"), c=calibrate(latent=["l", 0]),
@@ -192,10 +188,10 @@ MATRIX = [
     ("NaN latent into calibration", graph(l=latent_file("nan.latent"), c=calibrate(latent=["l", 0]),
                                           out=preview_image("c", 2)),
      PromptFailed, r"VRG Calibrate: input 'latent' contains NaN/inf. Re-encode the images"),
-    ("NaN latent into POLARIS", graph(l=latent_file("nan.latent"), invert=inversion(latent=["l", 0]), out=save_latent("invert")),
+    ("NaN latent into POLARIS", graph(l=latent_file("nan.latent"), invert=inversion(latent=["l", 0]), out=saved("invert")),
      PromptFailed, r"POLARIS Inversion: input 'latent' contains NaN/inf. Re-encode the image"),
     ("zero-size latent into POLARIS", graph(l=latent_file("zero.latent"), invert=inversion(latent=["l", 0]),
-                                            out=save_latent("invert")),
+                                            out=saved("invert")),
      PromptFailed, r"POLARIS Inversion: input 'latent' is empty"),
     ("trace name with ..", graph(invert=inversion(), s={"class_type": "ErrorControlPolarisSaveTrace", "inputs": {
         "trace": ["invert", 1], "trace_name": "../escape"}}), PromptFailed,
@@ -207,18 +203,18 @@ MATRIX = [
                                    out=preview_image("c", 2)), PromptFailed,
      r"VRG Calibrate: input 'profile_name' must be a plain file name"),
     ("loading a trace through ..", graph(t=load_trace("../vrg_profiles/x.safetensors"), d=denoise(["t", 0]),
-                                         out=save_latent("d")),
+                                         out=saved("d")),
      PromptFailed, r"POLARIS Load Trace: input 'trace_name': no file '../vrg_profiles/x.safetensors' in models/polaris_traces"),
-    ("a symlinked trace pointing outside", graph(t=load_trace("outside.safetensors"), d=denoise(["t", 0]), out=save_latent("d")),
+    ("a symlinked trace pointing outside", graph(t=load_trace("outside.safetensors"), d=denoise(["t", 0]), out=saved("d")),
      PromptFailed, r"POLARIS Load Trace: input 'trace_name': no file 'outside.safetensors' in models/polaris_traces"),
     ("a symlinked profile pointing outside", graph(profile=load_profile("outside.safetensors"), s=vrg_scheduler(),
                                                    out=preview_image("s", 1)),
      PromptFailed, r"VRG Load Profile: input 'profile_name': no file 'outside.safetensors' in models/vrg_profiles"),
-    ("a truncated trace", graph(t=load_trace("truncated.safetensors"), d=denoise(["t", 0]), out=save_latent("d")), PromptFailed,
+    ("a truncated trace", graph(t=load_trace("truncated.safetensors"), d=denoise(["t", 0]), out=saved("d")), PromptFailed,
      r"POLARIS Load Trace: input 'trace_name': PolarisTrace.load: .*truncated.safetensors is not a readable safetensors file"),
-    ("a pickle named .safetensors", graph(t=load_trace("pickled.safetensors"), d=denoise(["t", 0]), out=save_latent("d")),
+    ("a pickle named .safetensors", graph(t=load_trace("pickled.safetensors"), d=denoise(["t", 0]), out=saved("d")),
      PromptFailed, r"POLARIS Load Trace: input 'trace_name': PolarisTrace.load: .*pickled.safetensors is not a readable"),
-    ("a profile where a trace belongs", graph(t=load_trace("a_profile.safetensors"), d=denoise(["t", 0]), out=save_latent("d")),
+    ("a profile where a trace belongs", graph(t=load_trace("a_profile.safetensors"), d=denoise(["t", 0]), out=saved("d")),
      PromptFailed, r"a_profile.safetensors is a safetensors file but not a POLARIS trace. Choose a trace written by"),
     ("a corrupt profile", graph(profile=load_profile("corrupt.safetensors"), s=vrg_scheduler(),
                                 out=preview_image("s", 1)), PromptFailed,
@@ -229,9 +225,8 @@ MATRIX = [
             "solver": "least_squares", "eval_at": EVAL_CURRENT, "space": "v", "omega_start": 1.0, "trace_name": "never"}},
         n={"class_type": "DisableNoise"},
         levels={"class_type": "ErrorControlInversionSigmas", "inputs": {"model": ["model", 0], "sigmas": ["schedule", 0]}},
-        s={"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["n", 0], "guider": ["g", 0], "sampler": ["i", 0],
-                                                             "sigmas": ["levels", 0], "latent_image": ["latent", 0]}},
-        out=save_latent("s")), PromptFailed, r"POLARIS Inversion \(sampler\): needs the negative prompt's prediction too. Use "
+        s=sampler_custom_advanced(["n", 0], ["g", 0], ["i", 0], ["levels", 0], ["latent", 0]),
+        out=saved("s")), PromptFailed, r"POLARIS Inversion \(sampler\): needs the negative prompt's prediction too. Use "
                                          r"CFGGuider"),
 ]
 
@@ -317,10 +312,9 @@ def test_an_interrupt_stops_within_moments_and_leaves_no_file(comfy, artefacts, 
 
 def test_the_same_prompt_twice_gives_bit_identical_latents(comfy):
     def run(prefix: str) -> dict:
-        api = graph(invert=inversion(steps=5), d=denoise(["invert", 1]), p=nag_patch(), k=ksampler(["p", 0]),
-                    o1={**save_latent("invert"), "inputs": {"samples": ["invert", 0], "filename_prefix": f"{prefix}_inv"}},
-                    o2={**save_latent("d"), "inputs": {"samples": ["d", 0], "filename_prefix": f"{prefix}_den"}},
-                    o3={**save_latent("k"), "inputs": {"samples": ["k", 0], "filename_prefix": f"{prefix}_nag"}})
+        api = graph(invert=inversion(steps=5), d=denoise(["invert", 1]), p=nag_patch(), k=sampled(["p", 0]),
+                    o1=save_latent(["invert", 0], f"{prefix}_inv"), o2=save_latent(["d", 0], f"{prefix}_den"),
+                    o3=save_latent(["k", 0], f"{prefix}_nag"))
         # Empty ComfyUI's output cache and unload the model, so the second run computes everything again
         requests.post(comfy.url + "/free", json={"free_memory": True, "unload_models": True}, timeout=10).raise_for_status()
         time.sleep(1.0)
