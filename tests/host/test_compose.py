@@ -6,7 +6,7 @@ Each patch must still change the result, and with no patch the result is the pac
 import pytest
 import torch
 
-from tools.comfy_host import CHECKPOINT_NAME, EXAMPLE_IMAGE
+from tools.api_graphs import base_graph, ksampler, model_of, save_latent
 
 USER_PATCHES = {
     "none": None,
@@ -18,41 +18,21 @@ USER_PATCHES = {
 CFG = 6.0
 
 
-def graph_with(patch: dict | None) -> dict:
-    """The tiny checkpoint, optionally patched by the user's node, a prompt, a negative, the encoded example image."""
-    graph = {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
-        "image": {"class_type": "LoadImage", "inputs": {"image": EXAMPLE_IMAGE}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
-        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-    }
-    if patch is not None:
-        graph["user"] = {**patch, "inputs": {**patch["inputs"], "model": ["ckpt", 0]}}
-    return graph
-
-
-def model_of(graph: dict) -> list:
-    return ["user", 0] if "user" in graph else ["ckpt", 0]
-
-
-def ksampler(model: list, sampler: str) -> dict:
-    return {"class_type": "KSampler", "inputs": {
-        "model": model, "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0], "seed": 7,
-        "steps": 6, "cfg": CFG, "sampler_name": sampler, "scheduler": "normal", "denoise": 1.0}}
+def sampled(model: list, sampler: str) -> dict:
+    return ksampler(model, ["pos", 0], ["neg", 0], ["empty", 0], seed=7, steps=6, cfg=CFG, sampler_name=sampler)
 
 
 def method_graph(method: str, patch: dict | None, prefix: str) -> dict:
-    """``method`` on the (patched) model, its latent saved as ``prefix``."""
-    graph = graph_with(patch)
-    model = model_of(graph)
+    """``method`` on the tiny checkpoint's model, optionally patched by the user's node (a prompt, a negative, an empty
+    latent, the encoded example image), its latent saved as ``prefix``."""
+    graph = base_graph(encoded_image=True, patch=patch, patch_id="user")
+    model = model_of(graph, "user")
     if method == "diffier":
-        graph["out"] = ksampler(model, "diffier")
+        graph["out"] = sampled(model, "diffier")
     elif method == "nag":
         graph["nag"] = {"class_type": "ErrorControlNoiseAwarenessGuidance", "inputs": {
             "model": model, "strength": 0.5, "mode": "fixed", "delta": 0.15, "start_percent": 0.0, "end_percent": 1.0}}
-        graph["out"] = ksampler(["nag", 0], "euler")
+        graph["out"] = sampled(["nag", 0], "euler")
     else:  # POLARIS: the trace of an unpatched inversion, replayed by the (patched) model at the user's cfg with blend
         conds = {"positive": ["pos", 0], "negative": ["neg", 0]}
         graph["invert"] = {"class_type": "ErrorControlPolarisInversion", "inputs": {
@@ -61,7 +41,7 @@ def method_graph(method: str, patch: dict | None, prefix: str) -> dict:
             "omega_start": 1.0}}
         graph["out"] = {"class_type": "ErrorControlPolarisDenoise", "inputs": {
             "model": model, **conds, "trace": ["invert", 1], "cfg": CFG, "blend": 0.2}}
-    graph["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["out", 0], "filename_prefix": prefix}}
+    graph["save"] = save_latent(["out", 0], prefix)
     return graph
 
 

@@ -7,19 +7,16 @@ import math
 import pytest
 from safetensors.torch import load_file
 
-from tools.comfy_host import CHECKPOINT_NAME, EXAMPLE_IMAGE
+from tools.api_graphs import api_node, base_graph
 
 UI_KEY = "error_control_plot"
 
 
 def clean_latents() -> dict:
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "image": {"class_type": "LoadImage", "inputs": {"image": EXAMPLE_IMAGE}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
-        "batch": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["latent", 0], "amount": 2}},
-        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-    }
+    """The tiny checkpoint, an empty prompt (``text``), the example image encoded twice (``batch``)."""
+    graph = base_graph({"text": ""}, empty_latent=False, encoded_image=True)
+    graph["batch"] = api_node("RepeatLatentBatch", samples=["latent", 0], amount=2)
+    return graph
 
 
 def series(history: dict, node: str) -> dict[str, tuple[list, list]]:

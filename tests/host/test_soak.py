@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.comfy_host import CHECKPOINT_NAME
+from tools.api_graphs import base_graph, ksampler, save_latent
 
 PROMPTS = 200
 WARMUP = 40
@@ -24,23 +24,17 @@ def rss_kib(pid: int) -> int:
 
 
 def base(seed: int) -> dict:
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
-        "text": {"class_type": "CLIPTextEncode", "inputs": {"text": f"a photo {seed}", "clip": ["ckpt", 1]}},
-        "empty": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-    }
+    """The tiny checkpoint, the encoded example image, a prompt of its own per seed and an empty negative."""
+    return base_graph({"text": f"a photo {seed}", "empty": ""}, empty_latent=False, encoded_image=True)
 
 
 def sampled(model: list, sampler: str = "euler", scheduler: str = "normal", seed: int = 0) -> dict:
-    return {"class_type": "KSampler", "inputs": {
-        "model": model, "positive": ["text", 0], "negative": ["empty", 0], "latent_image": ["latent", 0], "seed": seed,
-        "steps": 3, "cfg": 5.0, "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0}}
+    return ksampler(model, ["text", 0], ["empty", 0], ["latent", 0], seed=seed, steps=3, sampler_name=sampler,
+                    scheduler=scheduler)
 
 
 def save(source: str) -> dict:
-    return {"class_type": "SaveLatent", "inputs": {"samples": [source, 0], "filename_prefix": "soak"}}
+    return save_latent([source, 0], "soak")
 
 
 def polaris(seed: int) -> dict:
