@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.comfy_host import EXAMPLE_IMAGE, TINY_OVERRIDES, sampler_names, txt2img, ui_to_api
+from tools.api_graphs import (
+    PARAMETRISATION_PATCHES,
+    api_node,
+    patched,
+    sampler_custom_advanced,
+    save_latent,
+    txt2img,
+    with_encoded_image,
+)
+from tools.comfy_host import TINY_OVERRIDES, sampler_names, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "workflows" / "DiffIER - euler vs DiffIER at cfg 4 and 10 (SD1.5).json"
@@ -53,13 +62,10 @@ def custom_advanced(prefix: str, iterations: int = 1, damping: float = 1.0, mode
     graph.update({
         "guider": {"class_type": "CFGGuider", "inputs": {"model": model, "positive": ["pos", 0], "negative": ["neg", 0],
                                                          "cfg": 6.0}},
-        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}},
-        "sampler": {"class_type": "ErrorControlDiffIERSampler", "inputs": {"iterations": iterations, "damping": damping}},
-        "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal", "steps": 4,
-                                                               "denoise": 1.0}},
-        "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0],
-            "latent_image": ["empty", 0]}},
+        "noise": api_node("RandomNoise", noise_seed=1),
+        "sampler": api_node("ErrorControlDiffIERSampler", iterations=iterations, damping=damping),
+        "sigmas": api_node("BasicScheduler", model=model, scheduler="normal", steps=4, denoise=1.0),
+        "sample": sampler_custom_advanced(["noise", 0], ["guider", 0], ["sampler", 0], ["sigmas", 0], ["empty", 0]),
     })
     return graph
 
@@ -70,7 +76,7 @@ def test_sampler_node_runs_in_sampler_custom_advanced(comfy):
 
 def test_sampler_node_runs_on_a_flow_model(comfy):
     graph = custom_advanced("diffier_flow", model=["flow", 0])
-    graph["flow"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
+    graph["flow"] = patched(PARAMETRISATION_PATCHES["flow"], ["ckpt", 0])
     assert comfy.output_images(comfy.run(graph))
 
 
@@ -83,7 +89,7 @@ def test_with_basic_guider_it_is_plain_euler(comfy):
         graph["guider"] = {"class_type": "BasicGuider", "inputs": {"model": ["ckpt", 0], "conditioning": ["pos", 0]}}
         if sampler == "euler":
             graph["sampler"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
-        graph["latent"] = {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": sampler}}
+        graph["latent"] = save_latent(["sample", 0], sampler)
         latents.update(comfy.output_latents(comfy.run(graph)))
     plain = latents["euler"]
     torch.testing.assert_close(latents["diffier"], plain, rtol=0, atol=1e-4 * float(plain.abs().max()))
@@ -95,8 +101,8 @@ def test_gap_meter_outputs_both_plots_and_a_latent(comfy):
         "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0], "seed": 3,
         "steps": 4, "cfg": 6.0, "scheduler": "normal", "iterations": 1, "damping": 1.0}}
     graph["decode"]["inputs"]["samples"] = ["meter", 0]
-    graph["gap"] = {"class_type": "SaveImage", "inputs": {"images": ["meter", 1], "filename_prefix": "diffier_gap"}}
-    graph["weight"] = {"class_type": "SaveImage", "inputs": {"images": ["meter", 2], "filename_prefix": "diffier_weight"}}
+    graph["gap"] = api_node("SaveImage", images=["meter", 1], filename_prefix="diffier_gap")
+    graph["weight"] = api_node("SaveImage", images=["meter", 2], filename_prefix="diffier_weight")
     del graph["sample"]
     assert len(comfy.output_images(comfy.run(graph))) == 3
 
@@ -110,16 +116,14 @@ def test_example_workflow_runs_on_the_tiny_checkpoint(comfy):
 
 def test_gap_meter_honours_the_latents_inpainting_mask(comfy):
     """A mask of zeros (regenerate nothing): the meter's samples are the input latent, as KSampler's would be."""
-    graph = txt2img(prefix="diffier_meter_mask")
-    graph["image"] = {"class_type": "LoadImage", "inputs": {"image": EXAMPLE_IMAGE}}
-    graph["latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}}
+    graph = with_encoded_image(txt2img(prefix="diffier_meter_mask"))
     graph["mask"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
     graph["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["latent", 0], "mask": ["mask", 0]}}
     graph["meter"] = {"class_type": "ErrorControlDiffIERGapMeter", "inputs": {
         "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["masked", 0], "seed": 3,
         "steps": 4, "cfg": 6.0, "scheduler": "normal", "iterations": 1, "damping": 1.0}}
-    graph["kept"] = {"class_type": "SaveLatent", "inputs": {"samples": ["meter", 0], "filename_prefix": "gap_mask_out"}}
-    graph["source"] = {"class_type": "SaveLatent", "inputs": {"samples": ["latent", 0], "filename_prefix": "gap_mask_in"}}
+    graph["kept"] = save_latent(["meter", 0], "gap_mask_out")
+    graph["source"] = save_latent(["latent", 0], "gap_mask_in")
     for name in ("sample", "decode", "save"):
         del graph[name]
     latents = comfy.output_latents(comfy.run(graph))

@@ -10,15 +10,18 @@ import pytest
 from PIL import Image
 
 from plots.line import UI_KEY
-from tools.comfy_host import (
-    CHECKPOINT_NAME,
-    TINY_OVERRIDES,
-    PromptFailed,
-    PromptRejected,
+from tools.api_graphs import (
+    PARAMETRISATION_PATCHES,
+    api_node,
+    base_graph,
+    patched,
+    sampler_custom_advanced,
+    save_decoded,
     txt2img,
-    ui_to_api,
+    with_encoded_image,
     with_input,
 )
+from tools.comfy_host import TINY_OVERRIDES, PromptFailed, PromptRejected, ui_to_api
 
 WORKFLOW = (Path(__file__).resolve().parents[2] / "workflows"
             / "Noise Awareness Guidance - plain vs guided, with its estimator (SD1.5).json")
@@ -65,7 +68,7 @@ def test_patch_composes_with_a_second_model_patch(comfy, second):
 
 def test_patch_runs_on_a_flow_model(comfy):
     graph = patched_txt2img("nag_flow")
-    graph["flow"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
+    graph["flow"] = patched(PARAMETRISATION_PATCHES["flow"], ["ckpt", 0])
     graph["nag"]["inputs"]["model"] = ["flow", 0]
     assert comfy.output_images(comfy.run(graph))
 
@@ -76,13 +79,10 @@ def test_guider_runs_in_sampler_custom_advanced(comfy):
     graph.update({
         "guider": {"class_type": "ErrorControlNoiseAwarenessGuider", "inputs": {
             "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "cfg": 5.0, **GUIDANCE}},
-        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}},
-        "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": ["ckpt", 0], "scheduler": "normal", "steps": 6,
-                                                               "denoise": 1.0}},
-        "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0],
-            "latent_image": ["empty", 0]}},
+        "noise": api_node("RandomNoise", noise_seed=1),
+        "sampler": api_node("KSamplerSelect", sampler_name="euler"),
+        "sigmas": api_node("BasicScheduler", model=["ckpt", 0], scheduler="normal", steps=6, denoise=1.0),
+        "sample": sampler_custom_advanced(["noise", 0], ["guider", 0], ["sampler", 0], ["sigmas", 0], ["empty", 0]),
     })
     assert comfy.output_images(comfy.run(graph))
 
@@ -90,20 +90,15 @@ def test_guider_runs_in_sampler_custom_advanced(comfy):
 def meter_graph(prefix: str, **guidance) -> dict:
     """Calibrate VRG on the example image, then meter a 6-step euler pass with that profile."""
     return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        **base_graph({"pos": "a red circle", "neg": ""}, encoded_image=True),
         "calibrate": {"class_type": "ErrorControlVRGCalibrate", "inputs": {
             "model": ["ckpt", 0], "latent": ["latent", 0], "positive": ["neg", 0], "cfg": 1.0, "grid_points": 16,
             "seed": 0, "profile_name": f"{prefix}_profile"}},
-        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "meter": {"class_type": "ErrorControlNoiseShiftMeter", "inputs": {
             "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0],
             "seed": 3, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", **GUIDANCE,
             "profile": ["calibrate", 1], **guidance}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["meter", 0], "filename_prefix": prefix}},
+        "save": api_node("SaveImage", images=["meter", 0], filename_prefix=prefix),
     }
 
 
@@ -145,9 +140,7 @@ def estimator_graph(prefix: str, source: dict, model: list | None = None, **guid
     graph = patched_txt2img(prefix, mode="estimator", strength=1.0, estimator=["estimator", 0], **guidance)
     graph["estimator"] = source
     graph["plain"] = {**graph["sample"], "inputs": {**graph["sample"]["inputs"], "model": ["ckpt", 0]}}
-    graph["plain_decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["plain", 0], "vae": ["ckpt", 2]}}
-    graph["plain_save"] = {"class_type": "SaveImage", "inputs": {"images": ["plain_decode", 0],
-                                                                  "filename_prefix": f"{prefix}_plain"}}
+    save_decoded(graph, ["plain", 0], f"{prefix}_plain", ids=("plain_decode", "plain_save"))
     if model is not None:
         graph["nag"]["inputs"]["model"] = model
     return graph
@@ -166,9 +159,8 @@ def pixels(path: Path) -> bytes:
 
 
 def with_clean_latents(graph: dict) -> dict:
-    graph["image"] = {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}}
-    graph["latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}}
-    graph["batch"] = {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["latent", 0], "amount": 4}}
+    """``graph`` with the example image encoded (``latent``) and repeated 4 times (``batch``)."""
+    with_encoded_image(graph)["batch"] = api_node("RepeatLatentBatch", samples=["latent", 0], amount=4)
     return graph
 
 
@@ -253,9 +245,8 @@ def test_no_name_of_the_pack_says_nag(comfy):
 
 
 def test_an_estimator_for_another_parametrisation_is_refused(comfy):
-    flow = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
     graph = with_clean_latents(estimator_graph("nag_est_flow", training(50, "nag_eps_estimator"), model=["flow", 0]))
-    graph["flow"] = flow
+    graph["flow"] = patched(PARAMETRISATION_PATCHES["flow"], ["ckpt", 0])
     with pytest.raises(PromptFailed, match=r"input 'estimator' was trained for an EPS/V model, but this model is flow"):
         comfy.run(graph)
 
