@@ -54,7 +54,7 @@ from .testbed4 import FULL as TESTBED_FULL
 from .testbed4 import QUICK as TESTBED_QUICK
 from .testbed4 import Tally, Testbed, counters, family, guided_at, load_testbed, pair_at, printable, start_state
 from .testbeds import patches
-from .testbeds.digits import psnr
+from .testbeds.common import psnr
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -210,7 +210,7 @@ def edit_rows(testbed: Testbed, setting: Setting, reconstruct: bool = False) -> 
     return tally.rows()
 
 
-def _front(points: list[dict]) -> list[dict]:
+def pareto_front(points: list[dict]) -> list[dict]:
     """The rows no other row beats on both success and PSNR (ties kept), by ascending success."""
     front = [p for p in points if not any(q["success"] >= p["success"] and q["psnr"] >= p["psnr"]
                                           and (q["success"] > p["success"] or q["psnr"] > p["psnr"]) for q in points)]
@@ -232,7 +232,7 @@ def headline(rows: list[dict]) -> list[dict]:
             group = [r for r in rows if r["family"] == fam and r["cfg"] == scale and r["role"] != "reference"]
             if not group:
                 continue
-            front = _front(group)
+            front = pareto_front(group)
             edges = [0.0] + [p["success"] for p in front]  # front point i holds success (edges[i], edges[i + 1]]
             held: dict[str, list[tuple[float, float]]] = {}
             for i, p in enumerate(front):

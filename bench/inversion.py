@@ -48,7 +48,7 @@ def eval_at_rows(patches_per_class: int = 3, digit_parts: int = 3) -> list[dict]
     evidence behind ``EVAL_AT_DEFAULT`` and ``AUTO_EVAL_AT``. ``diff``: current minus next, mean ± standard error over
     the held-out images (testbed 4: ``patches_per_class`` held-out patches a class; testbed 2: the held-out digits, whose
     ``digit_parts`` disjoint parts give the spread)."""
-    from .testbeds import digits, patches
+    from .testbeds import common, digits, patches
 
     rows = []
     split = digits.load_digits_split()
@@ -58,7 +58,7 @@ def eval_at_rows(patches_per_class: int = 3, digit_parts: int = 3) -> list[dict]
             parts = {}
             for eval_at in ("current", "next"):
                 with torch.no_grad():
-                    parts[eval_at] = torch.stack([digits.psnr(invert_and_reconstruct(
+                    parts[eval_at] = torch.stack([common.psnr(invert_and_reconstruct(
                         model.denoiser(y), x.double(), steps, flow, eval_at), x.double()).mean() for x, y in (
                         (split.test_x[k::digit_parts], split.test_y[k::digit_parts]) for k in range(digit_parts))])
             rows.append(_eval_at_row("2: digits", flow, steps, parts["current"], parts["next"], len(split.test_y)))

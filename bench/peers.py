@@ -35,14 +35,14 @@ def _batch_dims(x: Tensor) -> tuple[int, ...]:
     return tuple(range(1, x.ndim))
 
 
-def _v_from_denoised(x: Tensor, denoised: Tensor, sigma: Tensor) -> Tensor:
+def v_from_denoised(x: Tensor, denoised: Tensor, sigma: Tensor) -> Tensor:
     """v-prediction (Salimans & Ho 2022) of a VE state: ``v = (x/(1+σ²) - x̂0)·√(1+σ²)/σ``."""
     sigma = core.append_dims(sigma, x.ndim)
     return (x / (1 + sigma**2) - denoised) * (1 + sigma**2).sqrt() / sigma
 
 
-def _denoised_from_v(x: Tensor, v: Tensor, sigma: Tensor) -> Tensor:
-    """Inverse of :func:`_v_from_denoised`: ``x̂0 = x/(1+σ²) - v·σ/√(1+σ²)``."""
+def denoised_from_v(x: Tensor, v: Tensor, sigma: Tensor) -> Tensor:
+    """Inverse of :func:`v_from_denoised`: ``x̂0 = x/(1+σ²) - v·σ/√(1+σ²)``."""
     sigma = core.append_dims(sigma, x.ndim)
     return x / (1 + sigma**2) - v * sigma / (1 + sigma**2).sqrt()
 
@@ -68,8 +68,8 @@ def rescale_cfg(pair: core.PairDenoiser, scale: float, multiplier: float = 0.7, 
         cond, uncond = pair(x, sigma)
         if flow:
             return _rescaled(cond, uncond, scale, multiplier)
-        v = _rescaled(_v_from_denoised(x, cond, sigma), _v_from_denoised(x, uncond, sigma), scale, multiplier)
-        return _denoised_from_v(x, v, sigma)
+        v = _rescaled(v_from_denoised(x, cond, sigma), v_from_denoised(x, uncond, sigma), scale, multiplier)
+        return denoised_from_v(x, v, sigma)
 
     return denoiser
 

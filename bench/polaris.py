@@ -25,6 +25,7 @@ from samplers.polaris import polaris_denoise, polaris_invert
 
 from .inversion import invert_and_reconstruct, levels
 from .testbeds import digits, gmm
+from .testbeds.common import psnr
 
 STEP_COUNTS = (10, 20, 50)
 CFG = 5.0
@@ -100,7 +101,7 @@ def digits_rows(cfg: float = 3.0, steps: tuple[int, ...] = STEP_COUNTS, parts: i
             for n in steps:
                 with torch.no_grad():
                     out, mean_omega = reconstructions(pair, x0, n, flow, cfg)
-                values = {**{name: digits.psnr(rec, x0).mean().item() for name, rec in out.items()}, "mean ω": mean_omega}
+                values = {**{name: psnr(rec, x0).mean().item() for name, rec in out.items()}, "mean ω": mean_omega}
                 for method, value in values.items():
                     runs.setdefault(("flow" if flow else "eps", method, n), []).append(value)
     return [{"family": family, "denoiser": "digits model", "metric": "PSNR dB, held-out thirds", "method": method,

@@ -50,7 +50,7 @@ from .inversion import invert_and_reconstruct, levels
 from .kit import Counted, karras, markdown_table, schedule
 from .nag import window
 from .testbeds import gmm, patches
-from .testbeds.digits import CACHE_DIR, frechet_distance, psnr
+from .testbeds.common import CACHE_DIR, frechet_distance, psnr
 from .vrg import profile_grid, reference_schedule
 
 F64 = torch.float64

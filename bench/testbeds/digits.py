@@ -8,38 +8,35 @@ digits.
   label dropout so classifier-free guidance works. Two parametrisations (samplers/core.py): eps/VE (``a = 1``, ComfyUI's
   EPS sampling space) and its flow-matching twin (``a = 1 - s``, CONST); both answer x̂0.
 * Metrics: a small MLP classifier (:class:`DigitsClassifier`) trained on the same split gives logits and a 64-d feature
-  embedding: :func:`frechet_distance` in that space (the FID recipe of Heusel et al. 2017 with a domain classifier),
-  :func:`label_accuracy` of samples against their requested class, and :func:`psnr` of reconstructions.
+  embedding: :func:`~bench.testbeds.common.frechet_distance` in that space (the FID recipe of Heusel et al. 2017 with a
+  domain classifier), :func:`label_accuracy` of samples against their requested class, and
+  :func:`~bench.testbeds.common.psnr` of reconstructions.
 
-Every network is trained once on CPU (seeded, ≤ 2 threads) and cached as safetensors under ``bench/out/cache/`` (git-ignored)
-with its settings in the file's metadata; a missing file or different settings retrain it. Pickles are never loaded.
+Every network is trained once on CPU (seeded, ≤ 2 threads) and kept in the testbeds' cache (bench/testbeds/common.py:
+safetensors under ``bench/out/cache/`` with its settings; a missing file or different settings retrain it).
 ``python -m bench.testbeds.digits`` prints :func:`summary`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from samplers.core import alpha, guided
 from samplers.inversion import ddim
 
-from .gmm import MLPDenoiser, _draw_levels, _torch_threads
+from .common import cache_path, frechet_distance, log_uniform_levels, read_cache, seeded_init, torch_threads, write_cache
+from .gmm import MLPDenoiser
 
 VERSION = 1
 """Bumped when training code changes in a way the settings do not show: every cached network is then retrained."""
-CACHE_DIR = Path(__file__).resolve().parents[1] / "out" / "cache"
 N_CLASSES = 10
 DIM = 64
 N_TEST = 297
@@ -85,53 +82,22 @@ def load_digits_split(n_test: int = N_TEST, seed: int = 0) -> DigitsSplit:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Safetensors cache with settings in the metadata
-
-
-def _cache_path(cache_dir: str | Path | None, name: str) -> Path:
-    return Path(CACHE_DIR if cache_dir is None else cache_dir) / f"{name}.safetensors"
-
-
-def _read_cache(path: Path, settings: dict) -> tuple[dict[str, Tensor], dict[str, str]] | None:
-    """The tensors and metadata of ``path`` if it exists and was made with exactly ``settings``; else None."""
-    if not path.exists():
-        return None
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if metadata.get("settings") != json.dumps(settings, sort_keys=True):
-        return None
-    return load_file(str(path)), metadata
-
-
-def _write_cache(path: Path, module: nn.Module, settings: dict, seconds: float) -> None:
-    """Save ``module``'s weights with its settings and training time; write to a temp name, then rename (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    metadata = {"settings": json.dumps(settings, sort_keys=True), "train_seconds": f"{seconds:.3f}"}
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(partial), metadata=metadata)
-    os.replace(partial, path)
+# Training, cached
 
 
 def _train_or_load(module: nn.Module, fit: Callable[[nn.Module], None], name: str, settings: dict,
                    cache_dir: str | Path | None) -> float:
     """Load ``module``'s weights from the cache when its settings match, else run ``fit`` and cache; the training time."""
-    path = _cache_path(cache_dir, name)
-    cached = _read_cache(path, settings)
+    path = cache_path(cache_dir, name)
+    cached = read_cache(path, settings)
     if cached is not None:
         module.load_state_dict(cached[0])
         return float(cached[1].get("train_seconds", "nan"))
     began = time.perf_counter()
     fit(module)
     seconds = time.perf_counter() - began
-    _write_cache(path, module, settings, seconds)
+    write_cache(path, module, settings, train_seconds=f"{seconds:.3f}")
     return seconds
-
-
-def _seeded_init(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
-    """Build a module with its initial weights from ``seed``, leaving the caller's global RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return factory()
 
 
 def _batches(n: int, batch: int, steps: int, g: torch.Generator):
@@ -151,7 +117,7 @@ def _adam_loop(module: nn.Module, loss_of: Callable[[Tensor, torch.Generator], T
     optimiser = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
     module.train()
-    with _torch_threads(threads):
+    with torch_threads(threads):
         for idx in _batches(n, batch, steps, g):
             loss = loss_of(idx, g)
             optimiser.zero_grad()
@@ -217,9 +183,10 @@ def sigma_data_of(x0: Tensor) -> float:
 
 
 def denoising_loss(model: MLPDenoiser, x0: Tensor, labels: Tensor, g: torch.Generator, label_dropout: float) -> Tensor:
-    """EDM's x0 loss (Karras et al. 2022, eq. 8) weighted ``1/c_out²`` (unit weight in F space), levels from testbed 1's
-    ``_draw_levels`` (VE σ log-uniform on [0.002, 80], flow s uniform), labels dropped to the null class at the given rate."""
-    sigma = _draw_levels(x0.shape[0], model.flow, g)
+    """EDM's x0 loss (Karras et al. 2022, eq. 8) weighted ``1/c_out²`` (unit weight in F space), levels drawn as for testbed
+    1's MLP (:func:`~bench.testbeds.common.log_uniform_levels`: VE σ log-uniform on [0.002, 80], flow s uniform), labels
+    dropped to the null class at the given rate."""
+    sigma = log_uniform_levels(x0.shape[0], model.flow, g)
     a = alpha(sigma, model.flow)[:, None]
     x = a * x0 + sigma[:, None] * torch.randn(x0.shape, generator=g)
     labels = torch.where(torch.rand(labels.shape, generator=g) < label_dropout, model.n_classes, labels)
@@ -238,7 +205,7 @@ def train_or_load_denoiser(flow: bool, split: DigitsSplit | None = None, cache_d
     split = split or load_digits_split()
     s = DenoiserSettings(flow=flow, **settings)
     sigma = sigma_data_of(split.train_x)
-    model = _seeded_init(lambda: DigitsDenoiser(sigma, flow, s.hidden, s.depth), s.seed)
+    model = seeded_init(lambda: DigitsDenoiser(sigma, flow, s.hidden, s.depth), s.seed)
     meta = dict(asdict(s), sigma_data=sigma, data=split.digest(), version=VERSION, kind="denoiser")
 
     def fit(m: nn.Module) -> None:
@@ -292,7 +259,7 @@ def train_or_load_classifier(split: DigitsSplit | None = None, cache_dir: str | 
     ``input_noise`` for robustness to sample artefacts), trained first if the cache is missing or its settings differ."""
     split = split or load_digits_split()
     s = ClassifierSettings(**settings)
-    model = _seeded_init(lambda: DigitsClassifier(s.hidden, s.features), s.seed)
+    model = seeded_init(lambda: DigitsClassifier(s.hidden, s.features), s.seed)
     meta = dict(asdict(s), data=split.digest(), version=VERSION, kind="classifier")
 
     def loss_of(idx: Tensor, g: torch.Generator) -> Tensor:
@@ -316,33 +283,6 @@ def label_accuracy(classifier: DigitsClassifier, samples: Tensor, labels: Tensor
 def embed(classifier: DigitsClassifier, samples: Tensor) -> Tensor:
     """The classifier's feature embedding of ``samples`` in float64, ready for :func:`frechet_distance`."""
     return classifier.features(samples).double()
-
-
-def frechet_distance_gaussians(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tensor) -> float:
-    """The squared 2-Wasserstein distance of two Gaussians (Dowson & Landau 1982; Heusel et al. 2017 for FID):
-
-        ‖μ_a - μ_b‖² + tr Σ_a + tr Σ_b - 2·tr (Σ_a^½ Σ_b Σ_a^½)^½
-
-    with the trace term from the eigenvalues of the symmetric PSD ``Σ_a^½ Σ_b Σ_a^½`` (no complex ``sqrtm`` round-off).
-    """
-    vals, vecs = torch.linalg.eigh(cov_a)
-    root_a = vecs @ torch.diag(vals.clamp_min(0).sqrt()) @ vecs.T
-    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
-    return float((mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
-
-
-def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
-    """Fréchet distance of two feature sets ``[N, F]`` and ``[M, F]``: :func:`frechet_distance_gaussians` of their sample
-    means and unbiased sample covariances, in float64."""
-    a, b = features_a.double(), features_b.double()
-    return frechet_distance_gaussians(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
-
-
-def psnr(a: Tensor, b: Tensor, data_range: float = 2.0) -> Tensor:
-    """Peak signal-to-noise ratio per image, ``10·log10(range² / MSE)`` in dB, for ``[B, ...]`` images in [-1, 1]
-    (range 2); ``inf`` where an image is reproduced exactly."""
-    mse = (a.double() - b.double()).reshape(a.shape[0], -1).pow(2).mean(-1)
-    return 10 * torch.log10(data_range**2 / mse)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

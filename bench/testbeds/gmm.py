@@ -18,28 +18,23 @@ Imperfect denoisers with a knob (docs/evaluation.md#testbed-1-analytic-mixture):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from samplers.core import Denoiser, PairDenoiser, alpha, model_sigma
 
+from .common import batch_levels, log_uniform_levels, seeded_init, torch_threads, write_cache
+
 Classes = int | Tensor | None
 """A class choice: None (unconditional), one class for the batch, or a ``[B]`` tensor of classes."""
-
-
-def _levels(sigma: Tensor | float, x: Tensor) -> Tensor:
-    """A noise level as a ``[B]`` tensor in the dtype and device of ``x`` (a scalar is broadcast over the batch)."""
-    return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -103,7 +98,7 @@ class GaussianMixture:
     def _flat(self, x: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor]:
         """``x`` as ``[B, d]`` in the mixture's dtype and device, and σ as ``[B]``."""
         x = x.reshape(x.shape[0], self.dim).to(self.means)
-        return x, _levels(sigma, x)
+        return x, batch_levels(sigma, x)
 
     def log_prob(self, x: Tensor, sigma: Tensor | float, cls: Classes = None, flow: bool = False) -> Tensor:
         """Exact log density of the forward marginal, ``log p_σ(x | cls) = logsumexp_k(log π_k + log p(x | k))``, ``[B]``."""
@@ -236,7 +231,7 @@ class NoisePosterior:
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         """``log p(σ | x)`` ``[B]`` (a density in ``log σ_ve``) for states ``x`` ``[B, ...]`` at levels ``sigma`` ``[B]``."""
-        sigma = _levels(sigma, x).to(self.mixture.means)
+        sigma = batch_levels(sigma, x).to(self.mixture.means)
         at_sigma = self.log_marginals(x, sigma[:, None])[:, 0]
         evidence = (self.log_marginals(x, self.grid) + self.log_weights).logsumexp(-1)
         return (at_sigma - evidence).to(x.dtype)
@@ -283,7 +278,7 @@ class ErrorField:
     def __call__(self, x: Tensor, sigma: Tensor | float, flow: bool = False) -> Tensor:
         """The error ``e(x, σ)``, shaped like ``x`` (``[B, ...]``); σ ``[B]`` or scalar."""
         flat = x.reshape(x.shape[0], -1).to(self.weight)
-        sigma = _levels(sigma, flat)[:, None]
+        sigma = batch_levels(sigma, flat)[:, None]
         a = alpha(sigma, flow)
         scale = self.amplitude * sigma / (sigma**2 + (self.knee * a) ** 2).sqrt()
         features = torch.tanh(flat @ self.weight.T / (a**2 + sigma**2).sqrt() + self.bias)
@@ -318,7 +313,7 @@ def miscalibrated(denoiser: Callable, kappa: float | Callable[[Tensor], Tensor],
     """
 
     def shifted(x: Tensor, sigma: Tensor) -> Tensor:
-        sigma = _levels(sigma, x)
+        sigma = batch_levels(sigma, x)
         k = kappa(sigma) if callable(kappa) else kappa
         return denoiser(x, sigma * (1 + k) / (1 + k * sigma) if flow else sigma * (1 + k))
 
@@ -339,7 +334,7 @@ class LabelledDenoiser:
         def pair(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
             n = x.shape[0]
             labels = torch.cat([self._labels(cls, n), self._labels(None, n)])
-            return self._predict(torch.cat([x, x]), _levels(sigma, x).repeat(2), labels).chunk(2)
+            return self._predict(torch.cat([x, x]), batch_levels(sigma, x).repeat(2), labels).chunk(2)
 
         return pair
 
@@ -389,26 +384,9 @@ class MLPDenoiser(LabelledDenoiser, nn.Module):
     def _predict(self, x: Tensor, sigma: Tensor | float, labels: Tensor) -> Tensor:
         """Run the network in float32 on ``[B, ...]`` states, answer in the caller's dtype and shape."""
         flat = x.reshape(x.shape[0], self.dim)
-        out = self(flat.float(), _levels(sigma, flat).float(), labels)
+        out = self(flat.float(), batch_levels(sigma, flat).float(), labels)
         return out.to(x.dtype).reshape(x.shape)
 
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Use ``n`` intra-op threads inside the block and restore the caller's setting after it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _draw_levels(n: int, flow: bool, g: torch.Generator) -> Tensor:
-    """Training levels: VE σ log-uniform on [0.002, 80] (EDM's range); flow s uniform on [0.001, 1]."""
-    u = torch.rand(n, generator=g)
-    return 1e-3 + (1 - 1e-3) * u if flow else 0.002 * (80 / 0.002) ** u
 
 
 def train_mlp_denoiser(mixture: GaussianMixture, flow: bool = False, steps: int = 1500, seed: int = 0,
@@ -425,9 +403,7 @@ def train_mlp_denoiser(mixture: GaussianMixture, flow: bool = False, steps: int 
     changes them, and loaded instead of training when present.
     """
     sigma_data = float(mixture.variance().sqrt())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MLPDenoiser(mixture.dim, mixture.n_classes, sigma_data, flow, cond, hidden)
+    model = seeded_init(lambda: MLPDenoiser(mixture.dim, mixture.n_classes, sigma_data, flow, cond, hidden), seed)
     settings = dict(flow=flow, steps=steps, seed=seed, cond=cond, batch=batch, lr=lr, hidden=hidden,
                     label_dropout=label_dropout, version=1)
     path = None
@@ -444,11 +420,11 @@ def train_mlp_denoiser(mixture: GaussianMixture, flow: bool = False, steps: int 
     class_prior = torch.stack([mixture.weights[mixture.labels == c].sum() for c in range(mixture.n_classes)])
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    with _torch_threads(threads):
+    with torch_threads(threads):
         for _ in range(steps):
             classes = torch.multinomial(class_prior, batch, replacement=True, generator=g)
             x0 = mixture.sample(batch, g, classes).float()
-            sigma = _draw_levels(batch, flow, g)
+            sigma = log_uniform_levels(batch, flow, g)
             a = alpha(sigma, flow)
             x = a[:, None] * x0 + sigma[:, None] * torch.randn(x0.shape, generator=g)
             dropped = torch.rand(batch, generator=g) < (label_dropout if cond else 1.0)
@@ -461,8 +437,5 @@ def train_mlp_denoiser(mixture: GaussianMixture, flow: bool = False, steps: int 
             schedule.step()
     model.eval()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        save_file(model.state_dict(), str(partial), metadata={"settings": json.dumps(settings), "sigma_data": str(sigma_data)})
-        os.replace(partial, path)
+        write_cache(path, model, settings, sigma_data=str(sigma_data))
     return model

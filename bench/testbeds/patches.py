@@ -12,7 +12,7 @@
   works. Two twins (samplers/core.py): eps/VE (``a = 1``) and
   rectified flow (``a = 1 - s``); both answer x̂0 through ``denoiser(cls)`` and ``pair_denoiser(cls)``.
 * Metrics: a small CNN classifier (:class:`PatchClassifier`) trained on the same crops gives :func:`embed` features for
-  :func:`~bench.testbeds.digits.frechet_distance` (FID's recipe with a domain classifier) and its real-vs-real floor,
+  :func:`~bench.testbeds.common.frechet_distance` (FID's recipe with a domain classifier) and its real-vs-real floor,
   k-NN :func:`precision_recall` (Kynkäänniemi et al. 2019), the per-sample :func:`solve_error` to a :func:`fine_solve`
   from the same noise, and the PSNR of DDIM inversion :func:`reconstruction_psnr`.
 
@@ -30,7 +30,6 @@ import hashlib
 import importlib.metadata
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -46,8 +45,8 @@ from samplers.core import Denoiser, alpha, guided, inversion_sigmas
 from samplers.inversion import EvalAt, ddim
 
 from ..kit import schedule
-from .digits import CACHE_DIR, _cache_path, _read_cache, _seeded_init, frechet_distance, psnr
-from .gmm import Classes, LabelledDenoiser, _levels
+from .common import CACHE_DIR, batch_levels, cache_path, frechet_distance, psnr, read_cache, seeded_init, write_cache
+from .gmm import Classes, LabelledDenoiser
 
 VERSION = 1
 """Bumped when training code changes in a way the settings do not show: every cached network is then retrained."""
@@ -280,7 +279,7 @@ class PatchUNet(LabelledDenoiser, nn.Module):
         """Run the network in float32 on ``[B, ...]`` states (``chunk`` at a time), answer in the caller's dtype and shape."""
         device = self.label.weight.device
         images = x.reshape(x.shape[0], CHANNELS, PATCH, PATCH).to(device, torch.float32)
-        levels = _levels(sigma, images).to(device, torch.float32)
+        levels = batch_levels(sigma, images).to(device, torch.float32)
         out = torch.cat([self(images[i:i + chunk], levels[i:i + chunk], labels[i:i + chunk])
                          for i in range(0, len(images), chunk)])
         return out.to(x.device, x.dtype).reshape(x.shape)
@@ -303,7 +302,7 @@ SHIPPED = ("patches_denoiser_eps", "patches_denoiser_flow", "patches_classifier"
 def ship(name: str) -> Path:
     """Copy the cached network ``name`` (one of :data:`SHIPPED`, trained by :func:`train_all`) into :data:`SHIPPED_DIR`;
     the file keeps the cache's settings, loss and time and adds the command, seed and data that made it."""
-    source = _cache_path(None, name)
+    source = cache_path(None, name)
     with safe_open(str(source), framework="pt") as f:
         metadata = f.metadata()
         tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
@@ -326,8 +325,8 @@ def _train_or_load(module: nn.Module, fit: Callable[[nn.Module], float], name: s
     """Load ``module``'s weights from the cache when its settings match, else run ``fit`` (which returns the final loss)
     and cache them with the settings, final loss and seconds (temp name, then rename). Sets ``train_seconds`` and
     ``final_loss`` on the module."""
-    path = _cache_path(cache_dir, name)
-    cached = _read_cache(path, settings) or _read_cache(SHIPPED_DIR / path.name, settings)
+    path = cache_path(cache_dir, name)
+    cached = read_cache(path, settings) or read_cache(SHIPPED_DIR / path.name, settings)
     if cached is not None:
         module.load_state_dict(cached[0])
         module.train_seconds = float(cached[1].get("train_seconds", "nan"))
@@ -336,13 +335,8 @@ def _train_or_load(module: nn.Module, fit: Callable[[nn.Module], float], name: s
     began = time.perf_counter()
     module.final_loss = fit(module)
     module.train_seconds = time.perf_counter() - began
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    metadata = {"settings": json.dumps(settings, sort_keys=True), "train_seconds": f"{module.train_seconds:.3f}",
-                "final_loss": f"{module.final_loss:.6f}", "device": str(_device()),
-                "threads": str(torch.get_num_threads())}
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(partial), metadata=metadata)
-    os.replace(partial, path)
+    write_cache(path, module, settings, train_seconds=f"{module.train_seconds:.3f}", final_loss=f"{module.final_loss:.6f}",
+                device=str(_device()), threads=str(torch.get_num_threads()))
     return module
 
 
@@ -383,7 +377,7 @@ class DenoiserSettings:
     seed: int = 0
 
 
-def draw_levels(n: int, flow: bool, g: torch.Generator) -> Tensor:
+def log_normal_levels(n: int, flow: bool, g: torch.Generator) -> Tensor:
     """Training levels: VE ``ln σ ~ N(-1.2, 1.2²)`` clamped to [0.002, 80] (EDM, Karras et al. 2022, sec. 5); flow
     ``s = sigmoid(u)``, ``u ~ N(0, 1)`` (logit-normal, Esser et al. 2024, sec. 3.1), kept inside [0.001, 0.999]."""
     u = torch.randn(n, generator=g)
@@ -391,10 +385,10 @@ def draw_levels(n: int, flow: bool, g: torch.Generator) -> Tensor:
 
 
 def denoising_loss(model: PatchUNet, x0: Tensor, labels: Tensor, g: torch.Generator, label_dropout: float) -> Tensor:
-    """EDM's x0 loss (Karras et al. 2022, eq. 8) weighted ``1/c_out²`` (unit weight in F space) at :func:`draw_levels`,
+    """EDM's x0 loss (Karras et al. 2022, eq. 8) weighted ``1/c_out²`` (unit weight in F space) at :func:`log_normal_levels`,
     labels dropped to the null class at the given rate. Randomness is drawn on the CPU from ``g``, then moved."""
     device = model.label.weight.device
-    sigma = draw_levels(x0.shape[0], model.flow, g)
+    sigma = log_normal_levels(x0.shape[0], model.flow, g)
     eps = torch.randn(x0.shape, generator=g)
     labels = torch.where(torch.rand(labels.shape, generator=g) < label_dropout, N_CLASSES, labels)
     x0, sigma, eps, labels = x0.to(device), sigma.to(device), eps.to(device), labels.to(device)
@@ -413,7 +407,7 @@ def train_or_load_denoiser(flow: bool, data: PatchData | None = None, cache_dir:
     data = data or load_patch_data()
     s = DenoiserSettings(flow=flow, **settings)
     sigma = sigma_data_of(train_reference(data)[0])
-    model = _seeded_init(lambda: PatchUNet(sigma, flow, s.width), s.seed)
+    model = seeded_init(lambda: PatchUNet(sigma, flow, s.width), s.seed)
     meta = dict(asdict(s), sigma_data=sigma, data=data.digest(), version=VERSION, kind="denoiser")
 
     def fit(m: nn.Module) -> float:
@@ -484,7 +478,7 @@ def train_or_load_classifier(data: PatchData | None = None, cache_dir: str | Pat
     of std ``input_noise``, for robustness to sample artefacts), trained first if missing or its settings differ."""
     data = data or load_patch_data()
     s = ClassifierSettings(**settings)
-    model = _seeded_init(lambda: PatchClassifier(s.width, s.features), s.seed)
+    model = seeded_init(lambda: PatchClassifier(s.width, s.features), s.seed)
     meta = dict(asdict(s), data=data.digest(), version=VERSION, kind="classifier")
 
     def loss_of(g: torch.Generator) -> Tensor:
@@ -504,7 +498,7 @@ def train_or_load_classifier(data: PatchData | None = None, cache_dir: str | Pat
 @torch.no_grad()
 def embed(classifier: PatchClassifier, patches: Tensor, chunk: int = 512) -> Tensor:
     """The classifier's feature embedding ``[N, features]`` of ``patches`` in float64 on the CPU, ready for
-    :func:`~bench.testbeds.digits.frechet_distance`."""
+    :func:`~bench.testbeds.common.frechet_distance`."""
     return torch.cat([classifier.features(patches[i:i + chunk]).double().cpu() for i in range(0, len(patches), chunk)])
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench.testbeds import patches
+from bench.testbeds.common import frechet_distance
 from samplers.core import flow_to_ve
 
 
@@ -189,8 +190,8 @@ def test_frechet_distance_is_zero_on_itself_and_grows_with_a_shift(data):
     x, _ = patches.train_reference(data, per_class=20)
     features = patches.embed(classifier, x)
     assert features.shape == (200, 64) and features.dtype == torch.float64
-    assert abs(patches.frechet_distance(features, features)) < 1e-8
-    distances = [patches.frechet_distance(features, patches.embed(classifier, (x + shift).clamp(-1, 1)))
+    assert abs(frechet_distance(features, features)) < 1e-8
+    distances = [frechet_distance(features, patches.embed(classifier, (x + shift).clamp(-1, 1)))
                  for shift in (0.1, 0.3, 0.6)]
     assert 0 < distances[0] < distances[1] < distances[2]
 

@@ -8,10 +8,10 @@ CPU and every assertion measures a freshly trained network. Statistical checks a
 import math
 
 import pytest
-import scipy.linalg
 import torch
 
 from bench.testbeds import digits
+from bench.testbeds.common import frechet_distance
 
 TINY = dict(steps=600, batch=128, lr=3e-3, hidden=128, depth=2)
 CLASSIFIER = dict(steps=600)
@@ -87,27 +87,13 @@ def test_cache_round_trip_and_invalidation(split, tmp_path, monkeypatch):
 # Metrics
 
 
-def test_frechet_distance_matches_closed_forms():
-    g = torch.Generator().manual_seed(1)
-    mean_a, mean_b = torch.randn(5, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
-    var_a, var_b = torch.rand(5, generator=g, dtype=torch.float64) + 0.1, torch.rand(5, generator=g, dtype=torch.float64) + 0.1
-    diagonal = (mean_a - mean_b).pow(2).sum() + (var_a.sqrt() - var_b.sqrt()).pow(2).sum()  # commuting covariances
-    fd = digits.frechet_distance_gaussians(mean_a, var_a.diag(), mean_b, var_b.diag())
-    assert fd == pytest.approx(float(diagonal), rel=1e-10)
-    m_a, m_b = torch.randn(5, 5, generator=g, dtype=torch.float64), torch.randn(5, 5, generator=g, dtype=torch.float64)
-    cov_a, cov_b = m_a @ m_a.T, m_b @ m_b.T  # general case against scipy's matrix square root of Σ_a Σ_b
-    reference = (mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() \
-        - 2 * scipy.linalg.sqrtm((cov_a @ cov_b).numpy()).real.trace()
-    assert digits.frechet_distance_gaussians(mean_a, cov_a, mean_b, cov_b) == pytest.approx(float(reference), rel=1e-8)
-
-
 def test_frechet_distance_is_zero_on_itself_and_grows_with_corruption(split, classifier):
     train = digits.embed(classifier, split.train_x)
-    assert abs(digits.frechet_distance(train, train)) < 1e-9 * float(torch.cov(train.T).trace())
+    assert abs(frechet_distance(train, train)) < 1e-9 * float(torch.cov(train.T).trace())
     g = torch.Generator().manual_seed(2)
     noise = torch.randn(split.test_x.shape, generator=g)
-    floor = digits.frechet_distance(digits.embed(classifier, split.test_x), train)
-    corrupted = [digits.frechet_distance(digits.embed(classifier, split.test_x + level * noise), train)
+    floor = frechet_distance(digits.embed(classifier, split.test_x), train)
+    corrupted = [frechet_distance(digits.embed(classifier, split.test_x + level * noise), train)
                  for level in (0.3, 0.6, 1.0)]
     assert floor < corrupted[0] < corrupted[1] < corrupted[2], (floor, corrupted)
 
@@ -117,14 +103,6 @@ def test_label_accuracy_of_the_classifier(split, classifier):
     assert held_out > 0.9, held_out  # an 8×8 digit MLP reaches ~0.97
     shuffled = split.test_y[torch.randperm(len(split.test_y), generator=torch.Generator().manual_seed(3))]
     assert digits.label_accuracy(classifier, split.test_x, shuffled) < 0.3
-
-
-def test_psnr_closed_form():
-    a = torch.zeros(2, 64)
-    b = a.clone()
-    b[0] += 0.125  # MSE 1/64 -> 10·log10(4·64) (0.125 is exact in binary)
-    out = digits.psnr(a, b)
-    assert out[0].item() == pytest.approx(10 * math.log10(256.0), rel=1e-12) and math.isinf(out[1].item())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_rescale_cfg_with_multiplier_zero_is_plain_cfg_and_one_matches_the_condi
     full = peers.rescale_cfg(pair, 6.0, 1.0, flow)(x, sigma)
     assert not torch.allclose(full, plain)
     cond = pair(x, sigma)[0]
-    to_space = (lambda d: d) if flow else (lambda d: peers._v_from_denoised(x, d, sigma))
+    to_space = (lambda d: d) if flow else (lambda d: peers.v_from_denoised(x, d, sigma))
     torch.testing.assert_close(to_space(full).flatten(1).std(1), to_space(cond).flatten(1).std(1))
 
 

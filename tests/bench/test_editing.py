@@ -40,7 +40,7 @@ def test_front_and_headline_name_the_method_holding_most_of_the_front():
     rows = [_row("A", 0.1, 30.0), _row("A", 0.2, 20.0),  # A's second point is beaten by B's first
             _row("B", 0.3, 25.0, "η 0"), _row("B", 0.6, 22.0, "η 0.5"), _row("B", 0.9, 15.0, "η 0.9"),
             _row("C", 0.7, 14.0), _row("noise", 1.0, 5.0, role="reference")]
-    front = editing._front([r for r in rows if r["role"] != "reference"])
+    front = editing.pareto_front([r for r in rows if r["role"] != "reference"])
     assert [(r["method"], r["success"]) for r in front] == [("A", 0.1), ("B", 0.3), ("B", 0.6), ("B", 0.9)]
     (top,) = editing.headline(rows)
     assert top["dominates"] == "B (success 0.10–0.90)"  # A holds 0–0.1, B the rest
