@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tools.comfy_host import EXAMPLE_IMAGE, PromptFailed
+from tools.api_graphs import EXAMPLE_IMAGE, ksampler, patched, sampler_custom_advanced, save_latents
+from tools.comfy_host import PromptFailed
 from tools.families import FAMILIES, host_supports
 
 FLOW_SHIFT_PATCHES = {  # each flow family's own shift node, at a shift other than the loader's
@@ -44,7 +45,7 @@ def cfg_of(family: str) -> float:
     return 1.0 if family in DISTILLED else 4.0
 
 
-def base_graph(family: str, width: int = 64, height: int = 64, batch_images: bool = False) -> dict:
+def family_graph(family: str, width: int = 64, height: int = 64, batch_images: bool = False) -> dict:
     """The family's loaders, a positive and a negative from the test conditioning (FluxGuidance on Flux's positive),
     and ``latent``: the example image VAE-encoded by the family's VAE (Wan: a 5-frame clip, a [1, 16, 2, H, W] video
     latent). ``batch_images``: a batch of two different images, the example and its inverse."""
@@ -79,14 +80,6 @@ def conds(family: str) -> dict:
     return {"positive": ["guided" if family in DISTILLED else "pos", 0], "negative": ["neg", 0]}
 
 
-def save(graph: dict, prefix: str, **sources: list) -> dict:
-    """SaveLatent for each source, as ``<prefix>_<name>``."""
-    for name, source in sources.items():
-        graph[f"save_{name}"] = {"class_type": "SaveLatent", "inputs": {"samples": source,
-                                                                        "filename_prefix": f"{prefix}_{name}"}}
-    return graph
-
-
 POLARIS_OPTIONS = {"solver": "least_squares", "eval_at": "current", "space": "v",
                    "omega_start": 1.0}
 
@@ -96,7 +89,7 @@ def round_trip_graph(family: str, steps: int, prefix: str, graph: dict | None = 
     """POLARIS Inversion → POLARIS Denoise, and DDIM inversion (the ``ddim_inversion`` dropdown entry, CFGGuider at
     cfg 1) → euler back down the same levels; the trace saved as ``prefix``; latents ``in``, ``noise``, ``polaris``,
     ``ddim``."""
-    graph = graph or base_graph(family)
+    graph = graph or family_graph(family)
     model_source = model_source or model(family)
     graph.update({
         "invert": {"class_type": "ErrorControlPolarisInversion", "inputs": {
@@ -112,14 +105,10 @@ def round_trip_graph(family: str, steps: int, prefix: str, graph: dict | None = 
         "nonoise": {"class_type": "DisableNoise", "inputs": {}},
         "ddim_up": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim_inversion"}},
         "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "up": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["nonoise", 0], "guider": ["plain", 0], "sampler": ["ddim_up", 0], "sigmas": ["levels", 0],
-            "latent_image": ["latent", 0]}},
-        "down": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["nonoise", 0], "guider": ["plain", 0], "sampler": ["euler", 0], "sigmas": ["levels", 1],
-            "latent_image": ["up", 0]}},
+        "up": sampler_custom_advanced(["nonoise", 0], ["plain", 0], ["ddim_up", 0], ["levels", 0], ["latent", 0]),
+        "down": sampler_custom_advanced(["nonoise", 0], ["plain", 0], ["euler", 0], ["levels", 1], ["up", 0]),
     })
-    return save(graph, prefix, **{"in": ["latent", 0], "noise": ["invert", 0], "polaris": ["denoise", 0],
+    return save_latents(graph, prefix, **{"in": ["latent", 0], "noise": ["invert", 0], "polaris": ["denoise", 0],
                                   "ddim": ["down", 0]})
 
 
@@ -146,9 +135,9 @@ def test_every_other_node_runs_on_the_family(comfy, family):
     latent), DiffIER (dropdown, SAMPLER node, Gap Meter), VRG (calibrate,
     the vrg dropdown, VRG Scheduler, VRG Optimize Sigmas), POLARIS Load Trace + Replay: one prompt, 4 steps each."""
     comfy.run(round_trip_graph(family, 4, f"family_{family}_trace"))
-    graph = base_graph(family)
+    graph = family_graph(family)
     cfg = cfg_of(family)
-    sampling = {"seed": 3, "steps": 4, "cfg": cfg}
+    sampling = {"latent_image": ["empty", 0], "seed": 3, "steps": 4, "cfg": cfg, "scheduler": "simple"}
     nag = {"strength": 0.5, "mode": "fixed", "delta": 0.15, "start_percent": 0.0, "end_percent": 1.0}
     empty = dict(FAMILIES[family].empty_latent)
     graph.update({
@@ -157,21 +146,13 @@ def test_every_other_node_runs_on_the_family(comfy, family):
             "model": model(family), "latent": ["latent", 0], "positive": conds(family)["positive"], "cfg": 1.0,
             "grid_points": 8, "seed": 0, "profile_name": f"family_{family}"}},
         "nag": {"class_type": "ErrorControlNoiseAwarenessGuidance", "inputs": {"model": model(family), **nag}},
-        "k_nag": {"class_type": "KSampler", "inputs": {
-            "model": ["nag", 0], **conds(family), "latent_image": ["empty", 0], **sampling, "sampler_name": "euler",
-            "scheduler": "simple", "denoise": 1.0}},
-        "k_diffier": {"class_type": "KSampler", "inputs": {
-            "model": model(family), **conds(family), "latent_image": ["empty", 0], **sampling, "sampler_name": "diffier",
-            "scheduler": "simple", "denoise": 1.0}},
-        "k_vrg": {"class_type": "KSampler", "inputs": {
-            "model": ["calibrate", 0], **conds(family), "latent_image": ["empty", 0], **sampling, "sampler_name": "euler",
-            "scheduler": "vrg", "denoise": 1.0}},
+        "k_nag": ksampler(["nag", 0], **conds(family), **sampling),
+        "k_diffier": ksampler(model(family), **conds(family), **sampling, sampler_name="diffier"),
+        "k_vrg": ksampler(["calibrate", 0], **conds(family), **{**sampling, "scheduler": "vrg"}),
         "meter": {"class_type": "ErrorControlNoiseShiftMeter", "inputs": {
-            "model": ["calibrate", 0], **conds(family), "latent_image": ["empty", 0], **sampling,
-            "sampler_name": "euler", "scheduler": "simple", **nag}},
+            "model": ["calibrate", 0], **conds(family), **sampling, "sampler_name": "euler", **nag}},
         "gap": {"class_type": "ErrorControlDiffIERGapMeter", "inputs": {
-            "model": model(family), **conds(family), "latent_image": ["empty", 0], **sampling, "scheduler": "simple",
-            "iterations": 1, "damping": 1.0}},
+            "model": model(family), **conds(family), **sampling, "iterations": 1, "damping": 1.0}},
         "estimator": {"class_type": "ErrorControlTrainNoiseEstimator", "inputs": {
             "model": model(family), "latent": ["latent", 0], "iterations": 30, "batch_size": 4, "seed": 0,
             "estimator_name": f"family_{family}_estimator"}},
@@ -189,27 +170,22 @@ def test_every_other_node_runs_on_the_family(comfy, family):
         "cfg_guider": {"class_type": "CFGGuider", "inputs": {"model": model(family), **conds(family), "cfg": cfg}},
         "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
         "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "s_nag": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["noise", 0], "guider": ["nag_guider", 0], "sampler": ["euler", 0], "sigmas": ["vrg_sigmas", 0],
-            "latent_image": ["empty", 0]}},
-        "s_diffier": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["noise", 0], "guider": ["cfg_guider", 0], "sampler": ["diffier_sampler", 0],
-            "sigmas": ["vrg_optimized", 0], "latent_image": ["empty", 0]}},
+        "s_nag": sampler_custom_advanced(["noise", 0], ["nag_guider", 0], ["euler", 0], ["vrg_sigmas", 0], ["empty", 0]),
+        "s_diffier": sampler_custom_advanced(["noise", 0], ["cfg_guider", 0], ["diffier_sampler", 0], ["vrg_optimized", 0],
+                                             ["empty", 0]),
         "load": {"class_type": "ErrorControlPolarisLoadTrace", "inputs": {
             "model": model(family), "trace_name": f"family_{family}_trace.safetensors"}},
         "replay": {"class_type": "ErrorControlPolarisReplay", "inputs": {
             "model": model(family), **conds(family), "trace": ["load", 0], "cfg": cfg, "blend": 0.0}},
         "trace_sigmas": {"class_type": "ErrorControlPolarisTraceSigmas", "inputs": {"trace": ["load", 0]}},
         "nonoise": {"class_type": "DisableNoise", "inputs": {}},
-        "s_replay": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["nonoise", 0], "guider": ["replay", 0], "sampler": ["euler", 0], "sigmas": ["trace_sigmas", 0],
-            "latent_image": ["load", 1]}},
+        "s_replay": sampler_custom_advanced(["nonoise", 0], ["replay", 0], ["euler", 0], ["trace_sigmas", 0], ["load", 1]),
         "plots": {"class_type": "PreviewImage", "inputs": {"images": ["meter", 0]}},
         "gap_plot": {"class_type": "PreviewImage", "inputs": {"images": ["gap", 1]}},
     })
     prefix = f"family_{family}_nodes"
     outputs = {name: [name, 0] for name in ("k_nag", "k_diffier", "k_vrg", "gap", "s_nag", "s_diffier", "s_replay")}
-    latents = comfy.output_latents(comfy.run(save(graph, prefix, **outputs)))
+    latents = comfy.output_latents(comfy.run(save_latents(graph, prefix, **outputs)))
     shape = FAMILIES[family].latent_shape
     for name in outputs:
         assert tuple(latents[f"{prefix}_{name}"].shape) == shape, name
@@ -220,7 +196,7 @@ def test_every_other_node_runs_on_the_family(comfy, family):
 
 def test_batch_of_two_images_at_a_non_square_size_gets_one_omega_per_image(comfy, family):
     prefix = f"family_{family}_batch"
-    graph = round_trip_graph(family, 6, prefix, base_graph(family, width=96, height=64, batch_images=True))
+    graph = round_trip_graph(family, 6, prefix, family_graph(family, width=96, height=64, batch_images=True))
     latents = comfy.output_latents(comfy.run(graph))
     shape = (2, *FAMILIES[family].latent_shape[1:-2], 8, 12)
     for part in ("in", "noise", "polaris", "ddim"):
@@ -236,12 +212,12 @@ def test_batch_of_two_images_at_a_non_square_size_gets_one_omega_per_image(comfy
 
 def test_a_latent_of_another_family_gets_a_clear_error(comfy, family):
     node, message = FOREIGN_LATENT[family]
-    graph = base_graph(family)
+    graph = family_graph(family)
     graph["foreign"] = {"class_type": node, "inputs": {"width": 64, "height": 64, "batch_size": 1}}
     graph["invert"] = {"class_type": "ErrorControlPolarisInversion", "inputs": {
         "model": model(family), **conds(family), "latent": ["foreign", 0], "steps": 3, "scheduler": "simple",
         **POLARIS_OPTIONS}}
-    save(graph, f"family_{family}_foreign", noise=["invert", 0])
+    save_latents(graph, f"family_{family}_foreign", noise=["invert", 0])
     with pytest.raises(PromptFailed, match=f"POLARIS Inversion: input 'latent' {message}.*Encode with this model's VAE"):
         comfy.run(graph)
 
@@ -253,10 +229,10 @@ def test_an_artefact_of_one_family_is_refused_by_another_naming_both(comfy, made
             pytest.skip(f"{name}'s tiny file does not load on {comfy.host.id}")
     prefix = f"family_{made_on}_for_{used_on}"
     comfy.run(round_trip_graph(made_on, 3, prefix))
-    graph = base_graph(used_on)
+    graph = family_graph(used_on)
     graph["load"] = {"class_type": "ErrorControlPolarisLoadTrace", "inputs": {
         "model": model(used_on), "trace_name": f"{prefix}.safetensors"}}
-    save(graph, prefix + "_loaded", noise=["load", 1])
+    save_latents(graph, prefix + "_loaded", noise=["load", 1])
     made, used = FAMILIES[made_on].detected_class, FAMILIES[used_on].detected_class
     flow_mismatch = FAMILIES[made_on].prediction != FAMILIES[used_on].prediction
     expected = ("was made with a flow model, but this model is EPS/V" if flow_mismatch
@@ -273,9 +249,8 @@ def test_a_trace_replays_unchanged_at_another_shift(comfy, flow_family):
         pytest.skip(f"{flow_family}'s tiny file does not load on {comfy.host.id}")
     prefix = f"family_{flow_family}_shift"
     first = comfy.output_latents(comfy.run(round_trip_graph(flow_family, 6, prefix)))
-    graph = base_graph(flow_family)
-    patch = FLOW_SHIFT_PATCHES[flow_family]
-    graph["shifted"] = {**patch, "inputs": {**patch["inputs"], "model": model(flow_family)}}
+    graph = family_graph(flow_family)
+    graph["shifted"] = patched(FLOW_SHIFT_PATCHES[flow_family], model(flow_family))
     graph["load"] = {"class_type": "ErrorControlPolarisLoadTrace", "inputs": {
         "model": ["shifted", 0], "trace_name": f"{prefix}.safetensors"}}
     graph["denoise"] = {"class_type": "ErrorControlPolarisDenoise", "inputs": {
@@ -283,7 +258,7 @@ def test_a_trace_replays_unchanged_at_another_shift(comfy, flow_family):
     graph["invert"] = {"class_type": "ErrorControlPolarisInversion", "inputs": {  # the shift really acts: other levels
         "model": ["shifted", 0], **conds(flow_family), "latent": ["latent", 0], "steps": 6, "scheduler": "simple",
         **POLARIS_OPTIONS}}
-    second = comfy.output_latents(comfy.run(save(graph, prefix + "_replayed", polaris=["denoise", 0],
+    second = comfy.output_latents(comfy.run(save_latents(graph, prefix + "_replayed", polaris=["denoise", 0],
                                                  noise=["invert", 0])))
     assert not torch.equal(second[f"{prefix}_replayed_noise"], first[f"{prefix}_noise"])
     assert torch.equal(second[f"{prefix}_replayed_polaris"], first[f"{prefix}_polaris"])
@@ -295,7 +270,7 @@ def test_on_a_guidance_distilled_model_diffier_is_plain_euler_and_nag_and_vrg_ap
     (POLARIS' ω ≡ 1 there: test_batch_of_two_images_at_a_non_square_size_gets_one_omega_per_image.)"""
     if not host_supports("flux", comfy.host.version):
         pytest.skip(f"flux's tiny file does not load on {comfy.host.id}")
-    graph = base_graph("flux")
+    graph = family_graph("flux")
     graph["empty"] = dict(FAMILIES["flux"].empty_latent)
     graph["calibrate"] = {"class_type": "ErrorControlVRGCalibrate", "inputs": {
         "model": model("flux"), "latent": ["latent", 0], "positive": conds("flux")["positive"], "cfg": 1.0,
@@ -305,10 +280,9 @@ def test_on_a_guidance_distilled_model_diffier_is_plain_euler_and_nag_and_vrg_ap
     runs = {"euler": (model("flux"), "euler", "simple"), "diffier": (model("flux"), "diffier", "simple"),
             "nag": (["nag", 0], "euler", "simple"), "vrg": (["calibrate", 0], "euler", "vrg")}
     for name, (source, sampler, scheduler) in runs.items():
-        graph[f"k_{name}"] = {"class_type": "KSampler", "inputs": {
-            "model": source, **conds("flux"), "latent_image": ["empty", 0], "seed": 5, "steps": 6, "cfg": 1.0,
-            "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0}}
-    latents = comfy.output_latents(comfy.run(save(graph, "flux_cfg1", **{name: [f"k_{name}", 0] for name in runs})))
+        graph[f"k_{name}"] = ksampler(source, **conds("flux"), latent_image=["empty", 0], seed=5, steps=6, cfg=1.0,
+                                      sampler_name=sampler, scheduler=scheduler)
+    latents = comfy.output_latents(comfy.run(save_latents(graph, "flux_cfg1", **{name: [f"k_{name}", 0] for name in runs})))
     plain = latents["flux_cfg1_euler"]
     # DiffIER's DDIM step and euler's x + d·Δσ are the same step in different float32 rounding
     torch.testing.assert_close(latents["flux_cfg1_diffier"], plain, rtol=0, atol=1e-4 * float(plain.abs().max()))

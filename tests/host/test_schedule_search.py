@@ -10,8 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from samplers.vrg import ErrorProfile
-from tests.host.test_families import base_graph, cfg_of, conds, family, model  # noqa: F401 (family: a fixture)
-from tools.comfy_host import CHECKPOINT_NAME, PromptFailed
+from tests.host.test_families import cfg_of, conds, family, family_graph, model  # noqa: F401 (family: a fixture)
+from tools.api_graphs import api_node, base_graph, ksampler, save_latents
+from tools.comfy_host import PromptFailed
 from tools.families import FAMILIES
 
 SEARCH = {"sampler_name": "euler", "search_steps": "4, 3", "search_bank": 2}
@@ -19,14 +20,7 @@ SEARCH = {"sampler_name": "euler", "search_steps": "4, 3", "search_bank": 2}
 
 def sd15_graph() -> dict:
     """The tiny SD1.5 checkpoint, an empty prompt, the example image encoded (the family graphs' names)."""
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
-        "image": {"class_type": "LoadImage", "inputs": {"image": "error_control_example.png"}},
-        "latent": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
-        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-    }
+    return base_graph({"pos": "", "neg": "blurry"}, encoded_image=True)
 
 
 def search_graph(graph: dict, model_source: list, positive: list, negative: list, cfg: float, name: str) -> dict:
@@ -37,22 +31,15 @@ def search_graph(graph: dict, model_source: list, positive: list, negative: list
         "calibrate": {"class_type": "ErrorControlVRGCalibrate", "inputs": {
             "model": model_source, "latent": ["latent", 0], "positive": positive, "cfg": 1.0, "grid_points": 8,
             "seed": 0, "profile_name": name, **SEARCH}},
-        "dropdown": {"class_type": "KSampler", "inputs": {
-            "model": ["calibrate", 0], **sampling, "seed": 3, "steps": 4, "sampler_name": "euler", "scheduler": "vrg",
-            "denoise": 1.0}},
+        "dropdown": ksampler(["calibrate", 0], **sampling, seed=3, steps=4, scheduler="vrg"),
         "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
         "custom": {"class_type": "SamplerCustom", "inputs": {
             "model": ["calibrate", 0], **sampling, "add_noise": True, "noise_seed": 3, "sampler": ["euler", 0],
             "sigmas": ["calibrate", 3]}},
-        "fallback": {"class_type": "KSampler", "inputs": {
-            "model": ["calibrate", 0], **sampling, "seed": 3, "steps": 5, "sampler_name": "euler", "scheduler": "vrg",
-            "denoise": 1.0}},
+        "fallback": ksampler(["calibrate", 0], **sampling, seed=3, steps=5, scheduler="vrg"),
         "search_plot": {"class_type": "PreviewImage", "inputs": {"images": ["calibrate", 4]}},
     })
-    for node, output in (("dropdown", ["dropdown", 0]), ("sigmas", ["custom", 0]), ("fallback", ["fallback", 0])):
-        graph[f"save_{node}"] = {"class_type": "SaveLatent", "inputs": {"samples": output,
-                                                                       "filename_prefix": f"{name}_{node}"}}
-    return graph
+    return save_latents(graph, name, dropdown=["dropdown", 0], sigmas=["custom", 0], fallback=["fallback", 0])
 
 
 def check_search(comfy, graph: dict, name: str, tables: set[str]) -> ErrorProfile:
@@ -76,7 +63,7 @@ def test_the_search_on_sd15_is_stored_and_handed_out_by_the_dropdown(comfy):
 def test_the_search_on_each_family_is_stored_and_handed_out_by_the_dropdown(comfy, family):  # noqa: F811
     tables = {"flux": {"OptimalSteps (FLUX)"}, "wan": {"OptimalSteps (Wan)"}, "sdxl": {"AYS (SDXL)"}}.get(family, set())
     name = f"search_{family}"
-    graph = {**base_graph(family), "empty": dict(FAMILIES[family].empty_latent)}
+    graph = {**family_graph(family), "empty": dict(FAMILIES[family].empty_latent)}
     graph = search_graph(graph, model(family), *conds(family).values(), cfg_of(family), name)
     check_search(comfy, graph, name, tables)
 
@@ -90,10 +77,9 @@ def test_a_bad_step_list_says_what_to_write(comfy, steps):
 
 
 def load_graph(file_name: str) -> dict:
-    return {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-            "load": {"class_type": "ErrorControlVRGLoadProfile", "inputs": {"model": ["ckpt", 0],
-                                                                            "profile_name": file_name}},
-            "plot": {"class_type": "PreviewImage", "inputs": {"images": ["load", 2]}}}
+    return {**base_graph({}, empty_latent=False),
+            "load": api_node("ErrorControlVRGLoadProfile", model=["ckpt", 0], profile_name=file_name),
+            "plot": api_node("PreviewImage", images=["load", 2])}
 
 
 def test_a_damaged_or_foreign_file_is_refused(comfy):
