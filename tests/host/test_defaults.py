@@ -9,7 +9,8 @@ rising sigmas and a clean latent, a replay its trace's sigmas; a Load node the f
 
 import pytest
 
-from tools.comfy_host import EXAMPLE_IMAGE, PromptRejected, txt2img
+from tools.api_graphs import api_node, base_graph, ksampler, sampler_custom_advanced
+from tools.comfy_host import PromptRejected
 
 PACK = "sampling/error_control"
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -34,18 +35,15 @@ INVERSION_SAMPLERS = {"ErrorControlDDIMInversionSampler", "ErrorControlPolarisIn
 
 
 def base() -> dict:
-    """The tiny checkpoint, a prompt and a negative one, an empty latent (txt2img's), and the other plain sources."""
+    """The tiny checkpoint, a prompt and a negative one, an empty latent, the encoded example image (``latent``), and
+    the other plain sources."""
     return {
-        **{name: node for name, node in txt2img().items() if name in ("ckpt", "pos", "neg", "empty")},
-        "image": {"class_type": "LoadImage", "inputs": {"image": EXAMPLE_IMAGE}},
-        "encoded": {"class_type": "VAEEncode", "inputs": {"pixels": ["image", 0], "vae": ["ckpt", 2]}},
-        "schedule": {"class_type": "BasicScheduler", "inputs": {"model": ["ckpt", 0], "scheduler": "normal", "steps": 20,
-                                                                "denoise": 1.0}},
-        "nonoise": {"class_type": "DisableNoise", "inputs": {}},
-        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
-        "euler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "cfg_guider": {"class_type": "CFGGuider", "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0],
-                                                             "negative": ["neg", 0], "cfg": 8.0}},
+        **base_graph(encoded_image=True),
+        "schedule": api_node("BasicScheduler", model=["ckpt", 0], scheduler="normal", steps=20, denoise=1.0),
+        "nonoise": api_node("DisableNoise"),
+        "noise": api_node("RandomNoise", noise_seed=0),
+        "euler": api_node("KSamplerSelect", sampler_name="euler"),
+        "cfg_guider": api_node("CFGGuider", model=["ckpt", 0], positive=["pos", 0], negative=["neg", 0], cfg=8.0),
     }
 
 
@@ -67,7 +65,7 @@ def source(graph: dict, info: dict, link_type: str, name: str) -> list:
         maker, slot = MADE_BY[link_type]
         return [add(graph, info, maker), slot]
     plain = {"MODEL": ["ckpt", 0], "CONDITIONING": ["neg" if name == "negative" else "pos", 0], "SIGMAS": ["schedule", 0],
-             "LATENT": ["encoded" if name == "latent" else "empty", 0]}
+             "LATENT": ["latent" if name == "latent" else "empty", 0]}
     return plain[link_type]
 
 
@@ -87,8 +85,7 @@ def add(graph: dict, info: dict, node: str) -> str:
 
 def sample(graph: dict, guider: list, sampler: list, sigmas: list, noise: str = "noise", latent: list | None = None
            ) -> None:
-    graph["sample"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": [noise, 0], "guider": guider, "sampler": sampler, "sigmas": sigmas, "latent_image": latent or ["empty", 0]}}
+    graph["sample"] = sampler_custom_advanced([noise, 0], guider, sampler, sigmas, latent or ["empty", 0])
     consume(graph, "LATENT", ["sample", 0])
 
 
@@ -107,9 +104,7 @@ def consume(graph: dict, output_type: str, output: list, info: dict | None = Non
         graph["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": output, "vae": ["ckpt", 2]}}
         consume(graph, "IMAGE", ["decode", 0])
     elif output_type == "MODEL":
-        graph["ksampler"] = {"class_type": "KSampler", "inputs": {
-            "model": output, "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0], "seed": 0,
-            "steps": 20, "cfg": 8.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
+        graph["ksampler"] = ksampler(output, ["pos", 0], ["neg", 0], ["empty", 0], seed=0, steps=20, cfg=8.0)
         consume(graph, "LATENT", ["ksampler", 0])
     elif output_type == "GUIDER":
         sample(graph, output, ["euler", 0], ["schedule", 0])
@@ -126,7 +121,7 @@ def simplest_graph(info: dict, node: str) -> dict:
     if node in INVERSION_SAMPLERS:  # rising sigmas from a clean latent, no noise added
         graph["levels"] = {"class_type": "ErrorControlInversionSigmas", "inputs": {"model": ["ckpt", 0],
                                                                                    "sigmas": ["schedule", 0]}}
-        sample(graph, ["cfg_guider", 0], [node, 0], ["levels", 0], "nonoise", ["encoded", 0])
+        sample(graph, ["cfg_guider", 0], [node, 0], ["levels", 0], "nonoise", ["latent", 0])
     elif node == "ErrorControlPolarisReplay":  # the trace's own sigmas from its inverted latent
         trace = graph[node]["inputs"]["trace"]
         graph["trace_sigmas"] = {"class_type": "ErrorControlPolarisTraceSigmas", "inputs": {"trace": trace}}
