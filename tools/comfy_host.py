@@ -1,8 +1,8 @@
 """A real ComfyUI for tests, the demo and ``make ui``: start it headless on loopback, talk to it, convert UI workflows to
-its API graphs. Which ComfyUIs exist and how a child process imports one is ``tools/hosts.py``, how the tests' API graphs
-are built is ``tools/api_graphs.py`` (both re-exported here where the tests import them from this module). The server
-always runs in a child process of the host's interpreter; this module imports only the standard library and
-``requests`` at top level.
+its API graphs. Which ComfyUIs exist and how a child process imports one is ``tools/hosts.py`` (re-exported here: the
+tests import it all from this module); the tests' API graphs are built by ``tools/api_graphs.py``. The server always runs
+in a child process of the host's interpreter; this module imports only the standard library and ``requests`` at top
+level.
 
 Commands (``python tools/comfy_host.py ...``):
   ``ui [--port 8188]``      the newest host in the foreground with the pack mounted and the tiny checkpoint available
@@ -33,7 +33,7 @@ import requests
 
 if __package__ in (None, ""):  # run as a script: the repository on the path, after ComfyUI's own top-level modules
     sys.path.append(str(Path(__file__).resolve().parents[1]))
-from tools.api_graphs import CHECKPOINT_NAME, EXAMPLE_IMAGE, txt2img, with_input  # noqa: E402, F401 (re-exported)
+from tools.api_graphs import CHECKPOINT_NAME, EXAMPLE_IMAGE  # noqa: E402 (re-exported: the tests and bench/cost.py)
 from tools.hosts import (  # noqa: E402, F401 (the host layer, re-exported: tests and tools import it from here)
     CACHE,
     REPO,

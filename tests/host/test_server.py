@@ -9,17 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tools.comfy_host import (
-    CHECKPOINT_NAME,
-    LINK_KEYS,
-    TINY_OVERRIDES,
-    PromptFailed,
-    PromptRejected,
-    sampler_names,
-    txt2img,
-    ui_to_api,
-    with_input,
-)
+from tools.api_graphs import CHECKPOINT_NAME, txt2img, with_input
+from tools.comfy_host import LINK_KEYS, TINY_OVERRIDES, PromptFailed, PromptRejected, sampler_names, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 
