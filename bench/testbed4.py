@@ -12,9 +12,9 @@ counted with :class:`bench.kit.Counted` or, where stated, by construction.
    (POLARIS: the mean of its recorded ω). At cfg 1 an extra row gives DDIM POLARIS's NFE (twice the steps).
 2. **VRG** (:func:`schedule_rows`): the error profile measured on training patches (``measure_error_profile``), then
    each base schedule and VRG on it, sampled at cfg 1; RMS error to a fine solve from the same noise and level, FD.
-3. **DiffIER** (:func:`guidance_rows`): plain CFG at the same steps and at DiffIER's NFE, APG, CFG-Zero*, RescaleCFG and
-   CFGNorm at DiffIER's NFE; FD (and its held-out floor), precision/recall, classifier accuracy, RMS error to a fine
-   solve of the plain-CFG ODE.
+3. **DiffIER** (:func:`guidance_rows`): alone and stacked on APG and on CFG-Zero* (:func:`composed_pair`), against plain
+   CFG at the same steps and at DiffIER's NFE, APG, CFG-Zero*, RescaleCFG and CFGNorm at DiffIER's NFE; FD (and its
+   held-out floor), precision/recall, classifier accuracy, RMS error to a fine solve of the plain-CFG ODE.
 2b. **Schedule search** (:func:`schedule_search_rows`): ``samplers.schedule_search.choose_schedule`` over the bases of
    2. and VRG on each, on a noise bank of its own, against every one of them on each seed's fresh noise (never seen by
    the search); RMS error to the fine solve from the highest first level.
@@ -39,8 +39,8 @@ from torch import Tensor
 from samplers import core
 from samplers.diffier import diffier
 from samplers.inversion import STANDARD_EVAL_AT, ddim
-from samplers.nag import NoiseEstimator, nag_guided
-from samplers.noise_estimator import calibration, load_estimator, log_error, save_estimator, train_noise_estimator
+from samplers.nag import nag_guided
+from samplers.noise_estimator import NoiseEstimator, calibration, load_estimator, log_error, save_estimator, train_noise_estimator
 from samplers.polaris import polaris_denoise, polaris_invert
 from samplers.schedule_search import VRG_SUFFIX, choose_schedule, with_vrg
 from samplers.vrg import ErrorProfile, cumulative_error, measure_error_profile, optimize_sigmas
@@ -368,26 +368,56 @@ def schedule_search_rows(testbed: Testbed) -> list[dict]:
 Sampler = Callable[[core.PairDenoiser, Tensor], Tensor]
 """A guided sampler: (cond/uncond pair, starting state) → samples."""
 
+Peer = Callable[[core.PairDenoiser], core.Denoiser]
+"""A user's CFG function as a factory: (cond/uncond pair) → its guided denoiser (``bench.peers.apg``, ...)."""
+
+
+def composed_pair(pair: core.PairDenoiser, peer: Peer, scale: float) -> core.PairDenoiser:
+    """The pair DiffIER re-weights when a user's CFG function is patched in, as ``nodes.comfy_seam.sampler_pair_denoiser``
+    builds it in ComfyUI: ``(D_c, Ũ)`` with ``Ũ = (w·D_c - D_peer)/(w - 1)`` (``samplers.core.effective_uncond``,
+    ``scale`` = w ≠ 1), so the CFG mix of the pair at ω = w is the peer's guided prediction and at ω = 1 the conditional
+    model; DiffIER's eq. W moves ω along ``D_c - Ũ`` between them.
+
+    The peer is built once, on the model pair's output of the current call, and sees every model call in order (DiffIER's
+    look-ahead calls too), so its state (APG's momentum, CFG-Zero*'s call count) advances as the patched model's does in
+    ComfyUI: build a fresh composed pair for every run. One model call per call, as the peer alone.
+    """
+    current: list[tuple[Tensor, Tensor]] = []
+    guided = peer(lambda x, sigma: current[-1])
+
+    def composed(x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        current[:] = [pair(x, sigma)]
+        cond = current[-1][0]
+        return cond, core.effective_uncond(cond, guided(x, sigma), scale)
+
+    return composed
+
 
 def guidance_recipes(steps: int, scale: float, flow: bool) -> dict[str, tuple[str, Sampler]]:
     """DiffIER (K = 1, λ = 1: 2·(2N - 1) NFE at N steps; on both twins, though the sampler's default iterates on EPS/V
-    only, ``samplers.diffier.MIN_CFG``) and the alternatives at its NFE, by name: (role, sampler).
+    only, ``samplers.diffier.MIN_CFG``), DiffIER stacked on APG and on CFG-Zero* (:func:`composed_pair`, as in ComfyUI)
+    and the alternatives at its NFE, by name: (role, sampler).
 
     Plain CFG at N steps (equal steps) and at 2N - 1 steps (equal NFE); APG (arXiv 2410.02416, the paper's η 0 and
     momentum -0.5, ComfyUI's norm threshold 5), CFG-Zero* (arXiv 2503.18886, ComfyUI's form; on flow its zero-init
-    first call is free, so it gets one more step), RescaleCFG (φ 0.7) and CFGNorm, each by Euler at 2N - 1 steps.
+    first call is free, so it gets one more step), RescaleCFG (φ 0.7) and CFGNorm, each by Euler at 2N - 1 steps. Under
+    DiffIER CFG-Zero* is ComfyUI's node, which has no zero-init (DiffIER needs ``D_c`` at every call anyway).
     The peers hold state: each sampler builds a fresh one.
     """
     budget = 2 * steps - 1
     euler = lambda n: (lambda denoiser, x: ddim(denoiser, x, schedule(n, flow), flow))  # noqa: E731
     at_budget = euler(budget)
+    ours = lambda pair, x: diffier(pair, x, schedule(steps, flow), scale, 1, flow=flow, min_cfg=1.0)[0]  # noqa: E731
+    apg = lambda pair: peers.apg(pair, scale, eta=0.0, momentum=-0.5)  # noqa: E731
+    zero_star = lambda zero_init: lambda pair: peers.cfg_zero_star(pair, scale, flow, zero_init)  # noqa: E731
     return {
-        "DiffIER (K 1)": ("ours", lambda pair, x: diffier(pair, x, schedule(steps, flow), scale, 1, flow=flow,
-                                                              min_cfg=1.0)[0]),
+        "DiffIER (K 1)": ("ours", ours),
+        "DiffIER (K 1) + APG": ("ours", lambda pair, x: ours(composed_pair(pair, apg, scale), x)),
+        "DiffIER (K 1) + CFG-Zero*": ("ours", lambda pair, x: ours(composed_pair(pair, zero_star(0), scale), x)),
         f"CFG, {steps} steps": ("baseline", lambda pair, x: euler(steps)(core.guided(pair, scale), x)),
         f"CFG, {budget} steps": ("baseline", lambda pair, x: at_budget(core.guided(pair, scale), x)),
-        "APG (η 0, β -0.5)": ("peer", lambda pair, x: at_budget(peers.apg(pair, scale, eta=0.0, momentum=-0.5), x)),
-        "CFG-Zero*": ("peer", lambda pair, x: euler(budget + int(flow))(peers.cfg_zero_star(pair, scale, flow=flow), x)),
+        "APG (η 0, β -0.5)": ("peer", lambda pair, x: at_budget(apg(pair), x)),
+        "CFG-Zero*": ("peer", lambda pair, x: euler(budget + int(flow))(zero_star(None)(pair), x)),
         "RescaleCFG (φ 0.7)": ("peer", lambda pair, x: at_budget(peers.rescale_cfg(pair, scale, flow=flow), x)),
         "CFGNorm": ("peer", lambda pair, x: at_budget(peers.cfg_norm(pair, scale), x)),
     }

@@ -6,10 +6,13 @@ import math
 import pytest
 import torch
 
+from bench import peers
 from bench import testbed4 as t4
 from bench.kit import Counted
 from bench.testbeds import gmm, patches
 from samplers import core
+from samplers.diffier import diffier
+from samplers.inversion import ddim
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +168,38 @@ def test_demo_pictures_write_one_labelled_png_each(tmp_path):
     assert [p.name for p in paths] == ["testbed4_inversion.png", "testbed4_guidance_cfg3.png",
                                        "testbed4_guidance_cfg9.png", "testbed4_vrg.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def _pair_and_start(mixture: gmm.GaussianMixture, flow: bool) -> tuple[core.PairDenoiser, torch.Tensor]:
+    noise = torch.randn(6, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    return mixture.pair_denoiser(1, flow), t4.start_state(noise, t4.schedule(1, flow)[0], flow)
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_composed_pair_with_plain_cfg_is_diffier_alone(mixture, flow):
+    pair, x = _pair_and_start(mixture, flow)
+    sigmas, scale = t4.schedule(5, flow), 7.5
+    alone, omega = diffier(pair, x, sigmas, scale, 1, flow=flow, min_cfg=1.0)
+    stacked, omega_stacked = diffier(t4.composed_pair(pair, lambda p: core.guided(p, scale), scale), x, sigmas, scale,
+                                     1, flow=flow, min_cfg=1.0)
+    assert (omega[:-1] < scale).any()  # the iteration moved ω, so the comparison reaches eq. W
+    torch.testing.assert_close(stacked, alone, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(omega_stacked, omega, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_composed_pair_at_cfg_is_the_stateful_peer_call_by_call(mixture, flow):
+    """At ω = cfg the stacked pair's mix is APG's prediction (momentum carried over calls) with D_c unchanged; DiffIER
+    at K = 0 on it is APG's Euler run."""
+    pair, x = _pair_and_start(mixture, flow)
+    sigmas, scale = t4.schedule(4, flow), 7.5
+    apg = lambda p: peers.apg(p, scale, eta=0.0, momentum=-0.5)  # noqa: E731
+    stacked, alone = t4.composed_pair(pair, apg, scale), apg(pair)
+    for sigma in sigmas[:-1]:
+        level = sigma.expand(len(x))
+        cond, uncond = stacked(x, level)
+        torch.testing.assert_close(core.cfg_mix(cond, uncond, scale), alone(x, level), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(cond, pair(x, level)[0])
+    assert not torch.allclose(core.cfg_mix(cond, uncond, scale), core.cfg_mix(*pair(x, level), scale))
+    run = diffier(t4.composed_pair(pair, apg, scale), x, sigmas, scale, 0, flow=flow)[0]
+    torch.testing.assert_close(run, ddim(apg(pair), x, sigmas, flow), rtol=1e-10, atol=1e-10)
