@@ -37,7 +37,7 @@ from torch import Tensor
 
 from samplers import core
 from samplers.inversion import ddim
-from samplers.nag import NoiseEstimator, estimate_sigma, in_window, nag_guided, noise_level_gradient
+from samplers.nag import LevelLogPosterior, estimate_sigma, in_window, nag_guided, noise_level_gradient
 from samplers.noise_estimator import train_noise_estimator
 from samplers.vrg import ErrorProfile, default_sigma_grid, measure_error_profile
 
@@ -190,7 +190,7 @@ def fine_schedule(sigmas: Tensor, substeps: int, flow: bool) -> Tensor:
     return torch.cat([*parts, sigmas.new_tensor([1e-4, 0.0])])
 
 
-def gap_closing(pair: core.PairDenoiser, scale: float, estimator: NoiseEstimator, window: tuple[float, float],
+def gap_closing(pair: core.PairDenoiser, scale: float, estimator: LevelLogPosterior, window: tuple[float, float],
                 flow: bool = False) -> core.Denoiser:
     """The other step rule, for comparison (bench only): per sample, the step ``t·σ²/a·∇ₓ log p(σ|x)`` whose end point the
     estimator reads as most likely at the scheduled σ (``t`` the best of :data:`GAP_LADDER`, one batched estimator call),
@@ -233,7 +233,7 @@ def miscalibrated_model(mixture: gmm.GaussianMixture, kappa: float, flow: bool) 
     return (gmm.miscalibrated(pair, kappa, flow), gmm.miscalibrated(cond, kappa, flow)) if kappa else (pair, cond)
 
 
-def learned_estimator(mixture: gmm.GaussianMixture, flow: bool, iterations: int, seed: int = 0) -> NoiseEstimator:
+def learned_estimator(mixture: gmm.GaussianMixture, flow: bool, iterations: int, seed: int = 0) -> LevelLogPosterior:
     """The pack's learned estimator (``samplers.noise_estimator``, as the training node fits it) on 4096 unlabelled
     mixture draws shaped as ``[4, h, h]`` latents (d = 4·h²), over the oracle's range (VE σ 0.002–80)."""
     side = math.isqrt(mixture.dim // 4)
@@ -245,8 +245,8 @@ def learned_estimator(mixture: gmm.GaussianMixture, flow: bool, iterations: int,
 
 
 def estimator_variants(pair: core.PairDenoiser, cond: core.Denoiser, profile: ErrorProfile, scale: float,
-                       estimator: NoiseEstimator, setting: EstimatorSetting,
-                       learned: NoiseEstimator | None = None) -> dict[str, core.Denoiser]:
+                       estimator: LevelLogPosterior, setting: EstimatorSetting,
+                       learned: LevelLogPosterior | None = None) -> dict[str, core.Denoiser]:
     """Plain CFG, the nodes' default (fixed mode, w 0.5, δ 0.15) and the fixed mode at w 0.1, the adaptive mode at δ 0.15
     (the nodes' default δ) and at 0, classifier-based guidance at each fixed w with the oracle and with the ``learned``
     estimator, and the gap-closing rule; all in the window of :func:`window`."""
@@ -268,7 +268,7 @@ def estimator_variants(pair: core.PairDenoiser, cond: core.Denoiser, profile: Er
 
 
 def _estimator_case(mixture: gmm.GaussianMixture, model: tuple, scale: float, seed: int, posterior: gmm.NoisePosterior,
-                    setting: EstimatorSetting, learned: NoiseEstimator) -> dict[str, tuple[float, float]]:
+                    setting: EstimatorSetting, learned: LevelLogPosterior) -> dict[str, tuple[float, float]]:
     """Per variant: (per-dim MSE to the fine exact solve from the same noise, σ̂/σ at :func:`probe_index`);
     ``"reference"``: the fine solve's own σ̂/σ there."""
     flow, sigmas, probe = setting.flow, schedule(setting.steps, setting.flow), probe_index(setting.steps, setting.flow)

@@ -11,6 +11,7 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import comfy.model_management
 import comfy.model_sampling
@@ -23,7 +24,7 @@ from comfy_api.latest import ComfyExtension, io  # noqa: F401 (re-exported: node
 from torch import Tensor
 
 from ..samplers.artefact import PACK_VERSION  # noqa: F401 (the node files take it from here)
-from ..samplers.core import Denoiser, PairDenoiser, effective_uncond
+from ..samplers.core import Denoiser, PairDenoiser, check_sigmas, effective_uncond
 
 
 def newer_api(cls: type, **kwargs) -> dict:
@@ -77,6 +78,25 @@ def step_callback(callback: Callable[[dict], None] | None) -> Callable[[dict], N
             callback(step)
 
     return on_step
+
+
+@dataclass(frozen=True)
+class SamplerCall:
+    """What a k-diffusion sampler function of the pack works with, once its arguments are checked: the model's
+    parametrisation, ``D(x, σ)`` of the wrapped model, and the step callback (progress, previews, interruption)."""
+
+    flow: bool
+    denoiser: Denoiser
+    on_step: Callable[[dict], None]
+
+
+def sampler_call(model, x: Tensor, sigmas: Tensor, extra_args: dict | None, callback: Callable[[dict], None] | None,
+                 node: str, ascending: bool = False) -> SamplerCall:
+    """The preamble every sampler function of the pack shares: ``sigmas`` checked (descending, or ``ascending`` for an
+    inversion), the latent checked against the model, then :class:`SamplerCall`. Errors name ``node``."""
+    check_sigmas(sigmas, node, "sigmas", ascending=ascending)
+    check_sampler_latent(model, x, node)
+    return SamplerCall(is_flow(sampler_model_sampling(model)), sampler_denoiser(model, extra_args), step_callback(callback))
 
 
 def interruptible_progress(total: int) -> Callable[..., None]:
@@ -263,7 +283,7 @@ def sample_with(guider: comfy.samplers.CFGGuider, latent: Tensor, sigmas: Tensor
     as SamplerCustomAdvanced would.
     """
     callback = latent_preview.prepare_callback(guider.model_patcher, len(sigmas) - 1) if preview else None
-    samples = guider.sample(torch.zeros_like(latent), latent, comfy.samplers.KSAMPLER(sampler_function), sigmas,
+    samples = guider.sample(torch.zeros_like(latent), latent, ksampler(sampler_function), sigmas,
                             callback=callback, disable_pbar=not preview, seed=seed)
     return samples.to(comfy.model_management.intermediate_device())
 
@@ -319,7 +339,7 @@ def recorded_ksampler_run(model_patcher, latent: dict, seed: int, sampler: str |
             record(denoised)
         preview(step, denoised, x, total)
 
-    chosen = comfy.samplers.sampler_object(sampler) if isinstance(sampler, str) else comfy.samplers.KSAMPLER(sampler)
+    chosen = comfy.samplers.sampler_object(sampler) if isinstance(sampler, str) else ksampler(sampler)
     return comfy.sample.sample_custom(model_patcher, noise, cfg, chosen, sigmas, positive, negative, samples,
                                       noise_mask=latent.get("noise_mask"), callback=on_step, disable_pbar=True, seed=seed)
 

@@ -16,23 +16,19 @@ from __future__ import annotations
 import torch
 
 from ..plots.figures import diffier_figures
-from ..samplers.core import check_sigmas, conditional_pair
+from ..samplers.core import conditional_pair
 from ..samplers.diffier import diffier, prediction_drift
 from .comfy_seam import (
     EXPERT,
     aliases,
-    check_sampler_latent,
     io,
-    is_flow,
     ksampler,
     recorded_ksampler_run,
+    sampler_call,
     sampler_cfg,
-    sampler_denoiser,
-    sampler_model_sampling,
     sampler_pair_denoiser,
     scheduler_names,
     scheduler_sigmas,
-    step_callback,
 )
 
 CATEGORY = "sampling/error_control/diffier"
@@ -53,13 +49,10 @@ def run_diffier(model, x, sigmas, extra_args, callback, iterations: int, damping
                 node: str = SAMPLER_LABEL) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`samplers.diffier.diffier` on the wrapped model a sampler function receives; the samples and the weights ω."""
     check_settings(node, iterations, damping)
-    check_sigmas(sigmas, node, "sigmas")
-    check_sampler_latent(model, x, node)
-    cfg = sampler_cfg(model)
-    flow = is_flow(sampler_model_sampling(model))
+    run, cfg = sampler_call(model, x, sigmas, extra_args, callback, node), sampler_cfg(model)
     # cfg 1 (a guidance-distilled model's): no guidance to correct, so plain euler at one model call a step
-    pair = sampler_pair_denoiser(model, extra_args, node) if cfg != 1 else conditional_pair(sampler_denoiser(model, extra_args))
-    return diffier(pair, x, sigmas, cfg, iterations, damping, flow, step_callback(callback))
+    pair = sampler_pair_denoiser(model, extra_args, node) if cfg != 1 else conditional_pair(run.denoiser)
+    return diffier(pair, x, sigmas, cfg, iterations, damping, run.flow, run.on_step)
 
 
 def sample_diffier(model, x, sigmas, extra_args=None, callback=None, disable=None, iterations: int = 1, damping: float = 1.0,

@@ -11,18 +11,15 @@ from ..samplers.inversion import EVAL_AT_CHOICES, EVAL_AT_DEFAULT, EVAL_AT_HELP,
 from .comfy_seam import (
     EXPERT,
     aliases,
-    check_sampler_latent,
     io,
-    is_flow,
     ksampler,
     model_is_flow,
-    sampler_denoiser,
-    sampler_model_sampling,
-    step_callback,
+    sampler_call,
 )
 
 CATEGORY = "sampling/error_control/inversion"
 SAMPLER_NAME = "ddim_inversion"
+SAMPLER_LABEL = "DDIM Inversion (sampler ddim_inversion)"
 EVAL_AT_INPUT = io.Combo.Input("eval_at", options=list(EVAL_AT_CHOICES), default=EVAL_AT_DEFAULT, tooltip=EVAL_AT_HELP,
                                **EXPERT)
 """The one ``eval_at`` input of DDIM Inversion and the POLARIS inversion nodes (values: samplers/inversion.py)."""
@@ -45,10 +42,8 @@ def validate_eval_at(eval_at: str | None, node: str) -> bool | str:
 def sample_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None, eval_at: str = EVAL_AT_DEFAULT,
                           **_):
     """k-diffusion sampler function: deterministic DDIM inversion along ascending ``sigmas`` (samplers.inversion.ddim)."""
-    check_sigmas(sigmas, "DDIM Inversion (sampler ddim_inversion)", "sigmas", ascending=True)
-    check_sampler_latent(model, x, "DDIM Inversion (sampler ddim_inversion)")
-    flow = is_flow(sampler_model_sampling(model))
-    return ddim(sampler_denoiser(model, extra_args), x, sigmas, flow, eval_at, step_callback(callback))
+    run = sampler_call(model, x, sigmas, extra_args, callback, SAMPLER_LABEL, ascending=True)
+    return ddim(run.denoiser, x, sigmas, run.flow, eval_at, run.on_step)
 
 
 class DDIMInversionSampler(io.ComfyNode):

@@ -86,10 +86,10 @@ def guidance_inputs() -> list:
                                "overshoot and have little noise shift.", **EXPERT),
         io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                        tooltip="Guide up to this point of sampling (1 = last step; tested 1.0).", **EXPERT),
-        types.NoiseEstimator.Input("estimator", optional=True,
+        types.NOISE_ESTIMATOR.Input("estimator", optional=True,
                                    tooltip="A noise-level estimator for this model's latents (Train Noise Estimator / "
                                            "Load Noise Estimator), for the estimator mode."),
-        types.VRGProfile.Input("profile", optional=True,
+        types.VRG_PROFILE.Input("profile", optional=True,
                                tooltip="The model's VRG error profile (VRG Calibrate / VRG Load Profile) for the adaptive "
                                        "mode; without it, the profile the MODEL carries."),
     ]
@@ -354,7 +354,7 @@ class TrainNoiseEstimator(io.ComfyNode):
                 io.String.Input("estimator_name", default="noise_estimator",
                                 tooltip=f"File name in models/{types.ESTIMATOR_FOLDER} (letters, digits, '_', '-', '.')."),
             ],
-            outputs=[types.NoiseEstimator.Output(display_name="estimator"), io.Image.Output(display_name="plot")],
+            outputs=[types.NOISE_ESTIMATOR.Output(display_name="estimator"), io.Image.Output(display_name="plot")],
         )
 
     @classmethod
@@ -385,7 +385,7 @@ class LoadNoiseEstimator(io.ComfyNode):
             inputs=[io.Model.Input("model"),
                     io.Combo.Input("estimator_name", options=types.list_files(types.ESTIMATOR_FOLDER),
                                    tooltip=f"A file in models/{types.ESTIMATOR_FOLDER}.")],
-            outputs=[types.NoiseEstimator.Output(display_name="estimator")],
+            outputs=[types.NOISE_ESTIMATOR.Output(display_name="estimator")],
         )
 
     @classmethod

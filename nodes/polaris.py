@@ -29,18 +29,16 @@ from .comfy_seam import (
     cfg_guider,
     check_clean_latent,
     check_made_for,
-    check_sampler_latent,
     guidance_distilled,
     io,
-    is_flow,
     ksampler,
     latent_of_state,
     model_fingerprint,
     model_is_flow,
     sample_with,
+    sampler_call,
     sampler_denoiser,
     sampler_model_patcher,
-    sampler_model_sampling,
     sampler_pair_denoiser,
     sampler_space,
     scheduler_names,
@@ -86,15 +84,12 @@ def inversion_sampler(options: dict, node: str, result: dict):
     """A k-diffusion sampler function running POLARIS inversion; the trace lands in ``result["trace"]``."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
-        check_sigmas(sigmas, node, "sigmas", ascending=True)
-        check_sampler_latent(model, x, node)
-        flow = is_flow(sampler_model_sampling(model))
-        patcher = sampler_model_patcher(model)
+        run, patcher = sampler_call(model, x, sigmas, extra_args, callback, node, ascending=True), sampler_model_patcher(model)
         if guidance_distilled(patcher):  # no negative branch for ω to weigh: plain inversion, one call a step
-            pair, chosen = conditional_pair(sampler_denoiser(model, extra_args)), {**options, **DISTILLED}
+            pair, chosen = conditional_pair(run.denoiser), {**options, **DISTILLED}
         else:
             pair, chosen = sampler_pair_denoiser(model, extra_args, node), options
-        z, trace = polaris_invert(pair, x, sigmas.to(x.device), flow, callback=step_callback(callback), **chosen)
+        z, trace = polaris_invert(pair, x, sigmas.to(x.device), run.flow, callback=run.on_step, **chosen)
         result["trace"] = dataclasses.replace(trace, model=model_fingerprint(patcher), pack_version=PACK_VERSION)
         return z
 
@@ -131,7 +126,7 @@ class PolarisInversion(io.ComfyNode):
                 io.Sigmas.Input("sigmas", optional=True,
                                 tooltip="A descending schedule to use instead of steps and scheduler."),
             ],
-            outputs=[io.Latent.Output(display_name="inverted_latent"), types.PolarisTrace.Output(display_name="trace"),
+            outputs=[io.Latent.Output(display_name="inverted_latent"), types.POLARIS_TRACE.Output(display_name="trace"),
                      io.Image.Output(display_name="omega_plot")],
         )
 
@@ -197,7 +192,7 @@ REPLAY_INPUTS = [
     io.Model.Input("model"),
     io.Conditioning.Input("positive", tooltip="The source prompt, or an edit."),
     io.Conditioning.Input("negative"),
-    types.PolarisTrace.Input("trace", tooltip="From POLARIS Inversion or POLARIS Load Trace."),
+    types.POLARIS_TRACE.Input("trace", tooltip="From POLARIS Inversion or POLARIS Load Trace."),
     io.Float.Input("cfg", default=7.0, min=1.0, max=30.0, step=0.1,
                    tooltip="Your cfg; only used with blend > 0 (POLARIS' own omega replaces cfg in a reconstruction)."),
     io.Float.Input("blend", default=0.0, min=0.0, max=1.0, step=0.05,
@@ -302,7 +297,7 @@ class PolarisTraceSigmas(io.ComfyNode):
             category=CATEGORY,
             description="The descending sigmas that undo a POLARIS inversion step by step, for SamplerCustomAdvanced "
                         "with POLARIS Replay.",
-            inputs=[types.PolarisTrace.Input("trace")],
+            inputs=[types.POLARIS_TRACE.Input("trace")],
             outputs=[io.Sigmas.Output()],
         )
 
@@ -322,7 +317,7 @@ class PolarisSaveTrace(io.ComfyNode):
             description="Saves a POLARIS trace (sigmas, omega per step, the inverted latent) to models/polaris_traces as "
                         "safetensors, to reuse or share an inversion.",
             is_output_node=True,
-            inputs=[types.PolarisTrace.Input("trace"),
+            inputs=[types.POLARIS_TRACE.Input("trace"),
                     io.String.Input("trace_name", default="polaris_trace",
                                     tooltip="File name in models/polaris_traces (letters, digits, '_', '-', '.').")],
             outputs=[],
@@ -347,7 +342,7 @@ class PolarisLoadTrace(io.ComfyNode):
             inputs=[io.Model.Input("model"),
                     io.Combo.Input("trace_name", options=types.list_files(types.TRACE_FOLDER),
                                    tooltip="A file in models/polaris_traces.")],
-            outputs=[types.PolarisTrace.Output(display_name="trace"), io.Latent.Output(display_name="inverted_latent"),
+            outputs=[types.POLARIS_TRACE.Output(display_name="trace"), io.Latent.Output(display_name="inverted_latent"),
                      io.Image.Output(display_name="omega_plot")],
         )
 

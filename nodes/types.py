@@ -16,9 +16,10 @@ from typing import TypeVar
 import folder_paths
 from comfy_api.latest import io
 
-VRGProfile = io.Custom("VRG_PROFILE")
-PolarisTrace = io.Custom("POLARIS_TRACE")
-NoiseEstimator = io.Custom("NOISE_AWARENESS_ESTIMATOR")
+VRG_PROFILE = io.Custom("VRG_PROFILE")
+POLARIS_TRACE = io.Custom("POLARIS_TRACE")
+NOISE_ESTIMATOR = io.Custom("NOISE_AWARENESS_ESTIMATOR")
+"""The sockets of the pack's own types, named as the frontend shows them (the classes they carry live in ``samplers/``)."""
 T = TypeVar("T")
 PROFILE_FOLDER = "vrg_profiles"
 TRACE_FOLDER = "polaris_traces"

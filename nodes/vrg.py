@@ -184,7 +184,7 @@ class VRGCalibrate(io.ComfyNode):
                                      "on the analytic testbeds; on testbed 4's flow twin at 10 steps it did not, so "
                                      "give flow at few steps more; fewer is faster and noisier).", **EXPERT),
             ],
-            outputs=[io.Model.Output(display_name="model"), types.VRGProfile.Output(display_name="profile"),
+            outputs=[io.Model.Output(display_name="model"), types.VRG_PROFILE.Output(display_name="profile"),
                      io.Image.Output(display_name="plot"), io.Sigmas.Output(display_name="sigmas"),
                      io.Image.Output(display_name="search plot")],
         )
@@ -250,7 +250,7 @@ class VRGLoadProfile(io.ComfyNode):
             inputs=[io.Model.Input("model"),
                     io.Combo.Input("profile_name", options=types.list_files(types.PROFILE_FOLDER),
                                    tooltip="A file in models/vrg_profiles.")],
-            outputs=[io.Model.Output(display_name="model"), types.VRGProfile.Output(display_name="profile"),
+            outputs=[io.Model.Output(display_name="model"), types.VRG_PROFILE.Output(display_name="profile"),
                      io.Image.Output(display_name="plot")],
         )
 
@@ -289,7 +289,7 @@ class VRGScheduler(io.ComfyNode):
                         "accumulated prediction error, from the model's calibrated error profile. Zero extra model calls. "
                         "Where VRG Calibrate's schedule search measured VRG worse than this base, the base is kept; the "
                         "plot says whether that was measured or is the CPE's prediction.",
-            inputs=[io.Model.Input("model"), types.VRGProfile.Input("profile"),
+            inputs=[io.Model.Input("model"), types.VRG_PROFILE.Input("profile"),
                     io.Combo.Input("scheduler", options=[n for n in scheduler_names() if n != SCHEDULER_NAME],
                                    default=BASE_SCHEDULER, tooltip="The base schedule VRG re-spaces."),
                     io.Int.Input("steps", default=20, min=1, max=10000,
@@ -322,7 +322,7 @@ class VRGOptimizeSigmas(io.ComfyNode):
             description="Re-spaces any SIGMAS (from any scheduler node) with Variance-Reduction Guidance: same length, "
                         "same last value, strictly decreasing. Where VRG Calibrate's schedule search measured VRG worse "
                         "than these very SIGMAS, they come back unchanged; the plot says which.",
-            inputs=[types.VRGProfile.Input("profile"), io.Sigmas.Input("sigmas"), io.Float.Input("lp", **TRUST_REGION, **EXPERT),
+            inputs=[types.VRG_PROFILE.Input("profile"), io.Sigmas.Input("sigmas"), io.Float.Input("lp", **TRUST_REGION, **EXPERT),
                     io.Boolean.Input("fix_sigma_max", default=True, tooltip="Keep the first level.", **EXPERT)],
             outputs=[io.Sigmas.Output(display_name="sigmas"), io.Image.Output(display_name="plot")],
         )

@@ -18,7 +18,7 @@ measured gap σ̂ → σ per sample (a line search along the gradient) helps abo
 shift, harms more where there is none, and has no knob to make it gentler; a fixed w small enough (≈ 0.1) stays within
 5 % of plain sampling on every model of the grid at d = 1024 and still helps the shifted ones.
 
-The estimator is any :data:`NoiseEstimator`; the bench and tests plug in the exact posterior of the Gaussian-mixture
+The estimator is any :data:`LevelLogPosterior`; the bench and tests plug in the exact posterior of the Gaussian-mixture
 testbed. ``∇ₓ log p(σ|x) = s(x|σ) - E_{σ'|x}[s(x|σ')]`` pulls a state that reads noisier than σ towards less noise. Being
 classifier guidance, it also tilts the sampled distribution towards states whose level is unambiguously σ: negligible
 where the posterior is sharp (high dimension, σ above the data's scale), dominant where it is broad (d = 16 on the
@@ -61,7 +61,7 @@ from .core import Denoiser, PairDenoiser, alpha, append_dims, cfg_mix, flow_to_v
 from .vrg import ErrorProfile
 
 Mode = Literal["fixed", "adaptive", "estimator"]
-NoiseEstimator = Callable[[Tensor, Tensor], Tensor]
+LevelLogPosterior = Callable[[Tensor, Tensor], Tensor]
 """``log_p(x, sigma) -> [B]``: log p(σ | x) of a noise-level estimator for states ``[B, ...]`` at levels ``[B]`` (the
 model's parametrisation), differentiable in ``x``; sample b's value depends on ``x[b]`` alone."""
 MIN_SLOPE = 0.05
@@ -123,7 +123,7 @@ def unconditional_level(sigma_ve: Tensor, mode: Mode, delta: float, estimated_ve
     return torch.maximum(estimated_ve, floor)
 
 
-def noise_level_gradient(estimator: NoiseEstimator, x: Tensor, sigma: Tensor) -> Tensor:
+def noise_level_gradient(estimator: LevelLogPosterior, x: Tensor, sigma: Tensor) -> Tensor:
     """``∇ₓ log p(σ | x)``, ``[B, ...]``: one backward pass through the estimator alone (no model call).
 
     The gradient of the batch sum is every sample's own gradient, since sample b's log p depends on ``x[b]`` alone.
@@ -137,7 +137,7 @@ def noise_level_gradient(estimator: NoiseEstimator, x: Tensor, sigma: Tensor) ->
 
 def nag_denoise(denoiser: Denoiser, x: Tensor, sigma: Tensor, denoised: Tensor, denoised_cond: Tensor, strength: float = 0.1,
                 mode: Mode = "estimator", delta: float = 0.15, profile: ErrorProfile | None = None, flow: bool = False,
-                window: tuple[float, float] | None = None, estimator: NoiseEstimator | None = None) -> Tensor:
+                window: tuple[float, float] | None = None, estimator: LevelLogPosterior | None = None) -> Tensor:
     """Noise Awareness Guidance on one prediction (Zhong et al. 2025; module doc), by ``mode``:
 
         estimator:        D_nag = D_cfg + w·(σ²/a(σ))·∇ₓ log p(σ | x)          (classifier-based, ``estimator`` = log p)

@@ -70,7 +70,7 @@ def log_likelihood(net: NoiseLevelNet, x: Tensor, log_sigma_ve: Tensor) -> Tenso
 
 @dataclass
 class NoiseEstimator:
-    """A trained :class:`NoiseLevelNet` with what it was trained on; callable as ``samplers.nag.NoiseEstimator``.
+    """A trained :class:`NoiseLevelNet` with what it was trained on; callable as ``samplers.nag.LevelLogPosterior``.
 
     ``flow``: the model's parametrisation (states and levels are the sampler's own); ``latent_format``: what the latents
     were (the pack records ComfyUI's latent format, scale and shift); ``sigma_range``: the levels trained on (the
