@@ -184,7 +184,7 @@ def make_mixture(dim: int, n_classes: int, components_per_class: int, seed: int,
 
 class NoisePosterior:
     """The exact noise posterior ``log p(σ | x)`` of a mixture: the oracle noise-level estimator of classifier-based Noise
-    Awareness Guidance (arXiv 2510.12497; docs/methods.md#estimator-mode), a ``samplers.nag.NoiseEstimator``.
+    Awareness Guidance (arXiv 2510.12497; docs/methods.md#estimator-mode), a ``samplers.nag.LevelLogPosterior``.
 
         log p_σ(x) = logsumexp_k [log π_k + log N(x; a(σ)·μ_k, (a(σ)²·s_k² + σ²)·I)]
         log p(σ | x) = log p_σ(x) - log ∫ p_σ'(x) dλ',    λ = log σ_ve
