@@ -42,6 +42,8 @@ from tools.comfy_host import (
     write_stand_ins,
 )
 
+from . import kit
+
 REPO = Path(__file__).resolve().parents[1]
 BASE = CACHE / "bench_cost_base"  # ComfyUI's base folder here: custom_nodes, models (the VRG profile), output
 SIZE = 64  # EmptyLatentImage width and height in pixels: an 8×8 latent
@@ -103,12 +105,12 @@ def import_comfy(base: Path) -> ModuleType:
 
 
 @functools.cache
-def comfy_graph(base: Path = BASE) -> tuple[ModuleType, Graph]:
+def comfy_node_runner(base: Path = BASE) -> tuple[ModuleType, NodeRunner]:
     """ComfyUI imported once per process with its base folder at ``base`` (ComfyUI reads it once, at import), the pack
-    loaded; its ``nodes`` module and a :class:`Graph` over the registry."""
+    loaded; its ``nodes`` module and a :class:`NodeRunner` over the registry."""
     prepare_base(base, REPO, PACK_NAME, CACHE / CHECKPOINT_NAME)  # the test servers' base folder, in-process
     nodes = import_comfy(base)
-    return nodes, Graph(load_nodes(nodes, base))
+    return nodes, NodeRunner(load_nodes(nodes, base))
 
 
 def load_nodes(nodes: ModuleType, base: Path) -> dict:
@@ -124,7 +126,7 @@ def load_nodes(nodes: ModuleType, base: Path) -> dict:
     return nodes.NODE_CLASS_MAPPINGS
 
 
-class Graph:
+class NodeRunner:
     """Runs single nodes by their registered id, the way ComfyUI's executor calls them (V3: a class clone's
     ``EXECUTE_NORMALIZED``; V1: the ``FUNCTION`` of an instance); returns the output tuple."""
 
@@ -227,7 +229,7 @@ class Case:
 class Bench:
     """The loaded model and inputs every case shares."""
 
-    graph: Graph
+    run_node: NodeRunner
     counter: Counter
     model: object  # the counted MODEL
     positive: object
@@ -237,7 +239,7 @@ class Bench:
     steps: int
 
 
-def setup(nodes: ModuleType, graph: Graph, steps: int) -> Bench:
+def setup(nodes: ModuleType, run_node: NodeRunner, steps: int) -> Bench:
     """Load the tiny checkpoint, encode the prompts, make the latents, wrap the model in the call counter."""
     import torch
 
@@ -247,40 +249,40 @@ def setup(nodes: ModuleType, graph: Graph, steps: int) -> Bench:
     latent = nodes.EmptyLatentImage().generate(SIZE, SIZE, 1)[0]
     clean = {"samples": torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(SEED)) * 0.8}
     counter = Counter()
-    return Bench(graph, counter, counted(model, counter), positive, negative, latent, clean, steps)
+    return Bench(run_node, counter, counted(model, counter), positive, negative, latent, clean, steps)
 
 
 def ksampler(bench: Bench, model, sampler_name: str = "euler", scheduler: str = "normal") -> Callable[[], object]:
     """A plain KSampler run (text-to-image from the empty latent)."""
-    return lambda: bench.graph("KSampler", model=model, seed=SEED, steps=bench.steps, cfg=CFG, sampler_name=sampler_name,
-                               scheduler=scheduler, positive=bench.positive, negative=bench.negative,
-                               latent_image=bench.latent, denoise=1.0)
+    return lambda: bench.run_node("KSampler", model=model, seed=SEED, steps=bench.steps, cfg=CFG, sampler_name=sampler_name,
+                                  scheduler=scheduler, positive=bench.positive, negative=bench.negative,
+                                  latent_image=bench.latent, denoise=1.0)
 
 
 def custom_advanced(bench: Bench, sampler, sigmas, latent: dict) -> tuple:
     """SamplerCustomAdvanced with DisableNoise and ComfyUI's CFGGuider at cfg 7."""
-    graph = bench.graph
-    guider = graph("CFGGuider", model=bench.model, positive=bench.positive, negative=bench.negative, cfg=CFG)[0]
-    return graph("SamplerCustomAdvanced", noise=graph("DisableNoise")[0], guider=guider, sampler=sampler, sigmas=sigmas,
-                 latent_image=latent)
+    run_node = bench.run_node
+    guider = run_node("CFGGuider", model=bench.model, positive=bench.positive, negative=bench.negative, cfg=CFG)[0]
+    return run_node("SamplerCustomAdvanced", noise=run_node("DisableNoise")[0], guider=guider, sampler=sampler, sigmas=sigmas,
+                    latent_image=latent)
 
 
 def polaris_inversion(bench: Bench) -> Callable[[], tuple]:
     """POLARIS Inversion (least squares, its default current-level evaluation) on the clean latent."""
-    return lambda: bench.graph("ErrorControlPolarisInversion", model=bench.model, positive=bench.positive,
-                               negative=bench.negative, latent=bench.clean, steps=bench.steps, scheduler="normal",
-                               solver="least_squares", eval_at="current", space="v",
-                               omega_start=1.0)
+    return lambda: bench.run_node("ErrorControlPolarisInversion", model=bench.model, positive=bench.positive,
+                                  negative=bench.negative, latent=bench.clean, steps=bench.steps, scheduler="normal",
+                                  solver="least_squares", eval_at="current", space="v",
+                                  omega_start=1.0)
 
 
 def ddim_inversion(bench: Bench) -> Callable[[], tuple]:
     """CFG DDIM inversion: BasicScheduler → Inversion Sigmas → DDIM Inversion sampler (current level, as POLARIS)."""
-    graph = bench.graph
+    run_node = bench.run_node
 
     def run() -> tuple:
-        sigmas = graph("BasicScheduler", model=bench.model, scheduler="normal", steps=bench.steps, denoise=1.0)[0]
-        upward = graph("ErrorControlInversionSigmas", model=bench.model, sigmas=sigmas)[0]
-        sampler = graph("ErrorControlDDIMInversionSampler", eval_at="current")[0]
+        sigmas = run_node("BasicScheduler", model=bench.model, scheduler="normal", steps=bench.steps, denoise=1.0)[0]
+        upward = run_node("ErrorControlInversionSigmas", model=bench.model, sigmas=sigmas)[0]
+        sampler = run_node("ErrorControlDDIMInversionSampler", eval_at="current")[0]
         return custom_advanced(bench, sampler, upward, bench.clean)
 
     return run
@@ -293,12 +295,12 @@ def inversion_case(bench: Bench) -> Case:
 
 def denoise_case(bench: Bench) -> Case:
     """POLARIS Denoise against euler + CFGGuider on the trace's own sigmas, both from the inverted latent."""
-    graph = bench.graph
+    run_node = bench.run_node
     inverted, trace = polaris_inversion(bench)()[:2]
-    sigmas = graph("ErrorControlPolarisTraceSigmas", trace=trace)[0]
-    method = lambda: graph("ErrorControlPolarisDenoise", model=bench.model, positive=bench.positive,  # noqa: E731
-                           negative=bench.negative, trace=trace, cfg=CFG, blend=0.0)
-    baseline = lambda: custom_advanced(bench, graph("KSamplerSelect", sampler_name="euler")[0], sigmas, inverted)  # noqa: E731
+    sigmas = run_node("ErrorControlPolarisTraceSigmas", trace=trace)[0]
+    method = lambda: run_node("ErrorControlPolarisDenoise", model=bench.model, positive=bench.positive,  # noqa: E731
+                              negative=bench.negative, trace=trace, cfg=CFG, blend=0.0)
+    baseline = lambda: custom_advanced(bench, run_node("KSamplerSelect", sampler_name="euler")[0], sigmas, inverted)  # noqa: E731
     return Case("POLARIS Denoise (replay ω)", "euler, CFGGuider cfg 7 (SamplerCustomAdvanced), same sigmas", method,
                 baseline, lambda nfe: 1.02, "NFE 1.0, time ≤ 1.02", 1.0)
 
@@ -315,7 +317,7 @@ def nag_case(bench: Bench) -> Case:
     """The Noise Awareness Guidance patch (default window) in KSampler against the plain KSampler."""
     import comfy.samplers
 
-    patched = bench.graph("ErrorControlNoiseAwarenessGuidance", model=bench.model, **NAG_SETTINGS)[0]
+    patched = bench.run_node("ErrorControlNoiseAwarenessGuidance", model=bench.model, **NAG_SETTINGS)[0]
     sigmas = comfy.samplers.calculate_sigmas(bench.model.get_model_object("model_sampling"), "normal", bench.steps)
     guided = nag_window_steps(bench.model, sigmas)
     predicted = (2 * bench.steps + guided) / (2 * bench.steps)  # cond+uncond rows a step, one cond row a guided step
@@ -330,11 +332,11 @@ def nag_estimator_case(bench: Bench) -> Case:
     """The patch in its default mode, estimator, against the plain KSampler: no model call, one backward pass through
     the estimator per guided step. The estimator is trained once on the clean latent (not timed)."""
     began = time.perf_counter()
-    estimator = bench.graph("ErrorControlTrainNoiseEstimator", model=bench.model, latent=bench.clean, iterations=200,
-                            batch_size=8, seed=SEED, estimator_name="bench_cost_estimator")[0]
+    estimator = bench.run_node("ErrorControlTrainNoiseEstimator", model=bench.model, latent=bench.clean, iterations=200,
+                               batch_size=8, seed=SEED, estimator_name="bench_cost_estimator")[0]
     details = {"steps": bench.steps, "estimator_training_ms": 1000 * (time.perf_counter() - began),
                "training": "200 iterations of 8 crops (not timed)"}
-    patched = bench.graph("ErrorControlNoiseAwarenessGuidance", model=bench.model, estimator=estimator, **NAG_ESTIMATOR)[0]
+    patched = bench.run_node("ErrorControlNoiseAwarenessGuidance", model=bench.model, estimator=estimator, **NAG_ESTIMATOR)[0]
     return Case("Noise Awareness Guidance patch (estimator mode, default)", "plain KSampler euler/normal",
                 ksampler(bench, patched), ksampler(bench, bench.model), lambda nfe: 1.05, "NFE 1.0, time ≤ 1.05", 1.0,
                 details)
@@ -348,8 +350,8 @@ def vrg_case(bench: Bench) -> Case:
 
     clean = {"samples": torch.randn((4, *bench.clean["samples"].shape[1:]), generator=torch.Generator().manual_seed(1))}
     began = time.perf_counter()
-    profiled = bench.graph("ErrorControlVRGCalibrate", model=bench.model, latent=clean, positive=bench.negative, cfg=1.0,
-                           grid_points=16, seed=SEED, profile_name="bench_cost_profile")[0]
+    profiled = bench.run_node("ErrorControlVRGCalibrate", model=bench.model, latent=clean, positive=bench.negative, cfg=1.0,
+                              grid_points=16, seed=SEED, profile_name="bench_cost_profile")[0]
     calibrate_ms = 1000 * (time.perf_counter() - began)
     model_sampling = profiled.get_model_object("model_sampling")
     optimise = [timed(lambda: comfy.samplers.calculate_sigmas(model_sampling, "vrg", bench.steps)) for _ in range(5)]
@@ -363,7 +365,7 @@ def diffier_case(bench: Bench) -> Case | None:
     """DiffIER (K = 1) in the KSampler dropdown against euler, if the pack has it."""
     import comfy.samplers
 
-    if not bench.graph.has("ErrorControlDiffIERSampler") or "diffier" not in comfy.samplers.KSampler.SAMPLERS:
+    if not bench.run_node.has("ErrorControlDiffIERSampler") or "diffier" not in comfy.samplers.KSampler.SAMPLERS:
         return None
     return Case(f"DiffIER sampler diffier (K={DIFFIER_ITERATIONS}, KSampler)", "KSampler euler",
                 ksampler(bench, bench.model, "diffier"), ksampler(bench, bench.model), lambda nfe: nfe * TIME_SLACK,
@@ -411,8 +413,8 @@ def cases(bench: Bench) -> list[Case]:
 def measure(quick: bool = False) -> list[dict]:
     """Measure every method against its baseline in an in-process ComfyUI; one row per method (module doc)."""
     settings = QUICK if quick else FULL
-    nodes, graph = comfy_graph()
-    bench = setup(nodes, graph, settings.steps)
+    nodes, run_node = comfy_node_runner()
+    bench = setup(nodes, run_node, settings.steps)
     return [measure_case(case, bench.counter, settings.repeats) for case in cases(bench)]
 
 
@@ -426,16 +428,20 @@ def nfe_cell(row: dict, side: str) -> str:
     return f"{row[f'nfe_{side}']:g}" + ("" if calls is None else f" ({calls} calls)")
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The rows as a Markdown table, absolute times labelled machine-specific, VRG's own optimisation time below."""
-    lines = ["| method | baseline | NFE/sample method | NFE/sample baseline | NFE ratio | time ratio (90% CI) | runs | "
-             "target | met | median ms method / baseline (this machine) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['method']} | {row['baseline']} | {nfe_cell(row, 'method')} | {nfe_cell(row, 'baseline')} | "
-                     f"{row['nfe_ratio']:.3f} | {row['time_ratio']:.3f} ({row['ci_low']:.3f}–{row['ci_high']:.3f}) | "
-                     f"{row['runs']} | {row['target']} | {'yes' if row['met'] else 'no'} | "
-                     f"{row.get('median_ms_method', float('nan')):.0f} / {row.get('median_ms_baseline', float('nan')):.0f} |")
+def cost_cells(row: dict) -> dict[str, str]:
+    """One row of :func:`measure_case` as the cells of :func:`cost_table`, absolute times labelled machine-specific."""
+    return {"method": row["method"], "baseline": row["baseline"], "NFE/sample method": nfe_cell(row, "method"),
+            "NFE/sample baseline": nfe_cell(row, "baseline"), "NFE ratio": f"{row['nfe_ratio']:.3f}",
+            "time ratio (90% CI)": f"{row['time_ratio']:.3f} ({row['ci_low']:.3f}–{row['ci_high']:.3f})",
+            "runs": str(row["runs"]), "target": row["target"], "met": "yes" if row["met"] else "no",
+            "median ms method / baseline (this machine)": f"{row.get('median_ms_method', float('nan')):.0f} / "
+                                                          f"{row.get('median_ms_baseline', float('nan')):.0f}"}
+
+
+def cost_table(rows: list[dict]) -> str:
+    """The rows of :func:`measure` as a Markdown table, then what the details say: VRG's own optimisation time, Noise
+    Awareness Guidance's estimator training and its σ window."""
+    lines = [kit.markdown_table([cost_cells(row) for row in rows])]
     for row in rows:
         details = row.get("details", {})
         if "vrg_optimize_ms" in details:
@@ -474,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     mode = "quick" if args.quick else "full"
     print(f"\nCost on testbed 3 ({mode}; tiny SD1.5, {SIZE}x{SIZE} px, cfg {CFG:g}; {machine()}; "
           f"{time.perf_counter() - began:.0f} s)\n")
-    print(markdown_table(rows))
+    print(cost_table(rows))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from samplers import core
 from samplers.inversion import STANDARD_EVAL_AT, reconstruction_error
 from samplers.polaris import polaris_denoise, polaris_invert
 
+from . import kit
 from .inversion import invert_and_reconstruct, levels
 from .testbeds import digits, gmm
 from .testbeds.common import psnr
@@ -109,23 +110,23 @@ def digits_rows(cfg: float = 3.0, steps: tuple[int, ...] = STEP_COUNTS, parts: i
             for (family, method, n), values in runs.items()]
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """Methods down, step counts across, one block per family and denoiser; ``mean ± std over seeds``."""
+def reconstruction_table(rows: list[dict]) -> str:
+    """Rows of :func:`reconstruction_rows` or :func:`digits_rows` as Markdown: one table per family and denoiser under
+    its title, methods down, step counts across, ``mean ± std over seeds`` in each cell (``mean ω`` alone)."""
     steps = sorted({r["steps"] for r in rows})
-    lines = []
+    blocks = []
     for family, denoiser in dict.fromkeys((r["family"], r["denoiser"]) for r in rows):
         block = [r for r in rows if r["family"] == family and r["denoiser"] == denoiser]
-        seeds = block[0]["seeds"]
-        lines += [f"**{family}, {denoiser}** ({block[0]['metric']}, mean ± std over {seeds} seeds)", "",
-                  "| method | " + " | ".join(f"{n} steps" for n in steps) + " |", "|---|" + "---|" * len(steps)]
+        table = []
         for method in dict.fromkeys(r["method"] for r in block):
             cells = {r["steps"]: r for r in block if r["method"] == method}
             fmt = "{mse:.3g}" if method == "mean ω" else "{mse:.3g} ± {std:.2g}"
-            lines.append(f"| {method} | " + " | ".join(fmt.format(**cells[n]) for n in steps) + " |")
-        lines.append("")
-    return "\n".join(lines)
+            table.append({"method": method} | {f"{n} steps": fmt.format(**cells[n]) for n in steps})
+        title = f"**{family}, {denoiser}** ({block[0]['metric']}, mean ± std over {block[0]['seeds']} seeds)"
+        blocks.append(f"{title}\n\n{kit.markdown_table(table)}\n")
+    return "\n".join(blocks)
 
 
 if __name__ == "__main__":
-    print(markdown_table(reconstruction_rows()))
-    print(markdown_table(digits_rows()))
+    print(reconstruction_table(reconstruction_rows()))
+    print(reconstruction_table(digits_rows()))

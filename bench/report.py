@@ -62,10 +62,10 @@ def full_flag(mode: Mode) -> str:
 
 def polaris_section(mode: Mode) -> str:
     rows = polaris.reconstruction_rows(samples=mode.polaris_samples, steps=mode.polaris_steps)
-    body = ("Testbed 1: reconstruction MSE after invert → denoise (lower is better).\n\n" + polaris.markdown_table(rows))
+    body = ("Testbed 1: reconstruction MSE after invert → denoise (lower is better).\n\n" + polaris.reconstruction_table(rows))
     if mode.digits:
         body += ("\nTestbed 2: reconstruction PSNR in dB of the 297 held-out digits, each prompted with its own label, "
-                 "cfg 3 (higher is better).\n\n" + polaris.markdown_table(polaris.digits_rows()))
+                 "cfg 3 (higher is better).\n\n" + polaris.reconstruction_table(polaris.digits_rows()))
     else:
         body += "\nTestbed 2 (digits PSNR) runs in the full mode only (it trains two models once, minutes on a CPU).\n"
     return section("POLARIS inversion", "python -m bench.polaris", body)
@@ -161,7 +161,7 @@ def cost_section(mode: Mode) -> str:
             "exactly (rows a sample; cond and uncond batched in one call count 2); time as the median ratio to the "
             "baseline in the same process with a bootstrap 90% interval (absolute times hold for this machine only; "
             "on a shared 2-core machine the interval is ±5–10%, so 'met' on a 2–3% target can flip between runs).\n\n"
-            + cost.markdown_table(rows))
+            + cost.cost_table(rows))
     return section("Cost against the plain KSampler", "python -m bench.cost", body)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench import peers
-from bench.cost import markdown_table
+from bench.cost import cost_table
 
 REPO = Path(__file__).parents[2]
 KEYS = {"method", "baseline", "nfe_method", "nfe_baseline", "nfe_ratio", "time_ratio", "ci_low", "ci_high", "runs", "target",
@@ -49,7 +49,7 @@ def test_rows_have_the_table_structure(rows):
         assert row["nfe_ratio"] == row["nfe_method"] / row["nfe_baseline"]
         assert 0 < row["ci_low"] <= row["time_ratio"] <= row["ci_high"]
         assert isinstance(row["met"], bool) and row["target"]
-    table = markdown_table(rows).splitlines()
+    table = cost_table(rows).splitlines()
     assert table[0].startswith("| method | baseline |")
     assert len([line for line in table if line.startswith("| ")]) == len(rows) + 1
 
