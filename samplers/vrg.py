@@ -371,54 +371,27 @@ def _objective(f: np.ndarray, base: _Base, table: _Table, anchor_weight: float, 
     return loss, g, c, own
 
 
-def _lbfgs(objective: Callable[[np.ndarray, float], tuple[float, np.ndarray, float, np.ndarray]], size: int,
-           iterations: int, tolerance: float, memory: int = 8) -> np.ndarray | None:
-    """Minimise ``objective(f, c) -> (loss, ∂loss/∂f, c, levels)`` from ``f = 0`` by L-BFGS (Nocedal & Wright 2006,
-    Algorithm 7.4, backtracking Armijo steps); ``c`` is passed on as a warm start. Returns the levels of the best iterate
-    that beats ``f = 0``, or None. Stops after ``iterations`` steps or once a step gains ≤ ``tolerance`` of the loss.
+def _minimise(objective: Callable[[np.ndarray, float], tuple[float, np.ndarray, float, np.ndarray]], size: int,
+              iterations: int, tolerance: float) -> np.ndarray | None:
+    """Minimise ``objective(f, c) -> (loss, ∂loss/∂f, c, levels)`` from ``f = 0`` with scipy's L-BFGS-B, unbounded (the
+    tanh already keeps every ratio inside its trust region); ``c`` is passed on as a warm start. Returns the levels of the
+    minimiser if it beats ``f = 0``, or None. Stops after ``iterations`` steps or once a step gains ≤ ``tolerance`` of
+    the input's loss (the loss is scaled by it, so scipy's ``ftol`` is relative).
     """
-    f = np.zeros(size)
-    loss0, grad, c, _ = objective(f, 0.0)
+    from scipy.optimize import minimize  # here: 0.3 s to import for samplers alone; a ComfyUI host has it loaded
 
-    def scaled(f: np.ndarray, c: float) -> tuple[float, np.ndarray, float, np.ndarray]:
-        loss, grad, c, levels = objective(f, c)
-        return loss / loss0, grad / loss0, c, levels
+    loss0, _, c, _ = objective(np.zeros(size), 0.0)
+    shift = [c]
 
-    loss, grad = 1.0, grad / loss0  # in units of the input's loss: the tolerances are relative
-    steps, changes, best = [], [], None
-    for _ in range(iterations):
-        if not np.abs(grad).max() > 0:
-            break  # a stationary point (e.g. a flat profile under a fixed top): nothing to gain
-        direction = -grad
-        weights = []
-        for s, y in zip(reversed(steps), reversed(changes)):  # two-loop recursion: H·grad from the last pairs
-            weights.append(s @ direction / (y @ s))
-            direction -= weights[-1] * y
-        # The first step moves the steepest coordinate by 1 (tanh' ≤ 1: at most one trust radius); later ones use s·y/y·y.
-        direction *= (steps[-1] @ changes[-1]) / (changes[-1] @ changes[-1]) if steps else 1.0 / np.abs(grad).max()
-        for (s, y), weight in zip(zip(steps, changes), reversed(weights)):
-            direction += s * (weight - y @ direction / (y @ s))
-        slope = grad @ direction
-        if not slope < 0:
-            break  # a direction that no longer descends (rounding near the optimum): nothing left to gain
-        t = 1.0
-        for _ in range(30):
-            trial, trial_grad, trial_c, levels = scaled(f + t * direction, c)
-            if trial <= loss + 1e-4 * t * slope:
-                break
-            t *= 0.5
-        else:
-            break
-        step, change = t * direction, trial_grad - grad
-        if step @ change > 1e-12 * (step @ step):  # keep only pairs with positive curvature (H stays positive definite)
-            steps, changes = [*steps, step][-memory:], [*changes, change][-memory:]
-        gain = loss - trial
-        f, loss, grad, c = f + step, trial, trial_grad, trial_c
-        if loss < 1.0:
-            best = levels
-        if gain <= tolerance * loss:
-            break
-    return best
+    def scaled(f: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, grad, shift[0], _ = objective(f, shift[0])
+        return loss / loss0, grad / loss0
+
+    # gtol 0: stop on the gain alone, and at once on an exactly flat start (e.g. a flat profile under a fixed top).
+    result = minimize(scaled, np.zeros(size), jac=True, method="L-BFGS-B",
+                      options={"maxiter": iterations, "ftol": tolerance, "gtol": 0.0, "maxcor": 8})
+    loss, _, _, levels = objective(result.x, shift[0])
+    return levels if loss < loss0 else None
 
 
 def optimize_sigmas(sigmas: Tensor, profile: ErrorProfile, lp: float = 0.01, anchor_weight: float = 100.0,
@@ -429,12 +402,14 @@ def optimize_sigmas(sigmas: Tensor, profile: ErrorProfile, lp: float = 0.01, anc
 
     The per-step ratios ``a_i = ᾱ_i/ᾱ_{i-1}`` (clean→noisy, ᾱ_{-1} that of the final level) move as
     ``a_i = a_base_i + lp_i·tanh(f_i)``, ``lp_i = min(lp, a_base_i, 1 - a_base_i)`` (less ``_EDGE``), to minimise
-    ``CPE + anchor_weight·(ᾱ_top - ᾱ_top_base)²`` over f: L-BFGS in float64 (:func:`_lbfgs`), deterministic, the input
-    itself when no iterate beats it. At the default ``tolerance`` it takes 14–25 iterations and reaches ≥ 99.9 % of the gain
-    of 1000 Adam steps. ``fix_sigma_max`` keeps the top level exactly (it sets the noise of img2img/denoise < 1): a common
-    shift of all f lands the chain on it, every ratio still inside its trust region, and the anchor is moot. A flow
-    schedule from s = 1 keeps its top anyway (a_base = 0 there). ``flow`` defaults to the profile's. The result has the
-    input's length, dtype, device and final value, and is strictly decreasing.
+    ``CPE + anchor_weight·(ᾱ_top - ᾱ_top_base)²`` over f: scipy's L-BFGS-B in float64 (:func:`_minimise`),
+    deterministic, the input itself when no iterate beats it or ``iterations`` is 0. At the default ``tolerance`` it takes
+    a median 15 iterations (1–53) and 2 ms, and finds a median 99.996 % of the gain of running to convergence, over 4–50
+    steps, EPS and flow bases and four profiles; the hand-written L-BFGS it replaced reached the same loss (median
+    relative difference 2e-8) 5 % faster. ``fix_sigma_max`` keeps the top level exactly (it sets the noise of
+    img2img/denoise < 1): a common shift of all f lands the chain on it, every ratio still inside its trust region, and
+    the anchor is moot. A flow schedule from s = 1 keeps its top anyway (a_base = 0 there). ``flow`` defaults to the
+    profile's. The result has the input's length, dtype, device and final value, and is strictly decreasing.
     """
     check_sigmas(sigmas, "optimize_sigmas")
     flow = _profile_flow(profile, flow, "optimize_sigmas")
@@ -443,10 +418,10 @@ def optimize_sigmas(sigmas: Tensor, profile: ErrorProfile, lp: float = 0.01, anc
     if iterations < 0 or not tolerance >= 0:
         raise ValueError(f"optimize_sigmas: need iterations >= 0 and tolerance >= 0, got {iterations}, {tolerance}.")
     base = _base(sigmas, flow, lp, fix_sigma_max)
-    if not (base.radius > 0).any():
+    if iterations == 0 or not (base.radius > 0).any():  # scipy takes one step even at maxiter 0
         return sigmas.clone()
     table = profile._table()
-    best = _lbfgs(lambda f, c: _objective(f, base, table, anchor_weight, flow, c), len(base.u), iterations, tolerance)
+    best = _minimise(lambda f, c: _objective(f, base, table, anchor_weight, flow, c), len(base.u), iterations, tolerance)
     if best is None:
         return sigmas.clone()
     levels = np.concatenate(([] if base.own_top is None else [base.own_top], best[::-1]))

@@ -174,6 +174,15 @@ def test_nothing_to_move_gives_back_the_input():
     assert torch.equal(vrg.optimize_sigmas(one_step, profile), one_step)
 
 
+def test_iterations_cap_the_steps():
+    # The optimiser (scipy's L-BFGS-B) takes a step even when told to take none; 0 iterations must be the input.
+    base, profile = karras_or_uniform(10, False), realistic_profile(False)
+    assert torch.equal(vrg.optimize_sigmas(base, profile, iterations=0), base)
+    one = vrg.optimize_sigmas(base, profile, iterations=1)
+    assert vrg.cumulative_error(vrg.optimize_sigmas(base, profile), profile) < vrg.cumulative_error(one, profile)
+    assert vrg.cumulative_error(one, profile) < vrg.cumulative_error(base, profile)
+
+
 def test_bad_inputs_are_clear_errors():
     eps_profile, base = realistic_profile(False), karras_or_uniform(10, False)
     with pytest.raises(ValueError, match="profile made for eps/v model"):
