@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench import nag as bench_nag
-from bench.kit import schedule
+from bench.kit import karras, schedule
 from bench.testbeds import gmm
 from samplers import core
 from samplers.inversion import ddim
@@ -266,3 +266,25 @@ def test_estimator_guidance_against_plain_cfg_at_realistic_dimension(realistic, 
     plain = error(core.guided(pair, scale))
     guided = error(nag_guided(pair, cond, scale, strength, mode="estimator", estimator=posterior, window=(0.0, 1.0)))
     assert guided / plain < bound, guided / plain
+
+
+@pytest.mark.parametrize("flow", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_estimator_default_never_harms_where_it_guides_every_level(flow, scale):
+    """The default (w 0.1) with no window given, on the schedule a user runs: 10 Euler steps on Karras σ 0.02–20 (EPS) or
+    uniform s (flow), d = 1024, the exact posterior. Guided at every level, the exact model and one reading σ as 0.9σ
+    measured 1.08–1.41× plain CFG's error (1.41: flow, 0.9σ, cfg 1); capped at :data:`samplers.nag.LEVEL_CAP` the
+    worst is 1.03× (EPS, 0.9σ, cfg 3), so the issue's bar of 1.05 holds, while a model reading σ as 0.7σ still gains
+    (measured 0.94–0.97, 3 seeds of 300 draws, spread ≤ 0.002)."""
+    mixture = gmm.make_mixture(dim=1024, n_classes=3, components_per_class=2, seed=0)
+    posterior = gmm.NoisePosterior(mixture, flow=flow)
+    sigmas = torch.linspace(1.0, 0.0, 11, dtype=F64) if flow else karras(10, 0.02, 20.0)
+    noise = torch.randn(150, 1024, generator=torch.Generator().manual_seed(0), dtype=F64)
+    start = noise if flow else sigmas[0] * noise
+    reference = ddim(core.guided(mixture.pair_denoiser(1, flow), scale), start, bench_nag.fine_schedule(sigmas, 20, flow),
+                     flow)
+    for kappa, bound in ((0.0, 1.05), (-0.1, 1.05), (-0.3, 0.99)):
+        pair, cond = bench_nag.miscalibrated_model(mixture, kappa, flow)
+        error = lambda denoiser: (ddim(denoiser, start, sigmas, flow) - reference).square().mean().item()  # noqa: E731
+        ratio = error(nag_guided(pair, cond, scale, estimator=posterior, flow=flow)) / error(core.guided(pair, scale))
+        assert ratio < bound, (kappa, ratio)
