@@ -16,7 +16,7 @@ soak: venv
 	$(PY) -m pytest tests/host/test_soak.py -m slow -v -s
 
 unit: venv
-	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/unit tests/bench -q
 
 host: venv
 	$(PY) -m pytest tests/host -v

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import polaris, testbed4, vrg  # noqa: E402
-from bench.inversion import STEP_COUNTS, reconstruction_table  # noqa: E402
+from bench.inversion import STEP_COUNTS, mixture_rows  # noqa: E402
+from bench.kit import markdown_table  # noqa: E402
 from tools.comfy_host import (  # noqa: E402
     ComfyServer,
     Host,
@@ -115,10 +116,10 @@ def write_metrics(out: Path, testbed: list[dict], polaris_rows: list[dict], vrg_
              "| family | model evaluated at | steps | reconstruction MSE | ± std |", "|---|---|---|---|---|"]
     lines += [f"| {r['family']} | {r['eval_at']} level | {r['steps']} | {r['mse']:.3e} | {r['std']:.1e} |" for r in testbed]
     lines += ["", "## POLARIS against the inversion baselines on the analytic testbed (32 samples, 3 seeds; "
-              "`python -m bench.polaris` for the full table)", "", polaris.markdown_table(polaris_rows)]
+              "`python -m bench.polaris` for the full table)", "", polaris.reconstruction_table(polaris_rows)]
     for key, title in VRG_TABLES.items():
         lines += ["", f"## {title}", "", "Analytic testbed, quick setting of bench/vrg.py (2000 samples, 3 seeds).", "",
-                  vrg.markdown_table(vrg_tables[key])]
+                  markdown_table(vrg_tables[key])]
     lines += ["", f"## Example workflows on {host_id} with tiny random-weight model files", "",
               "SD1.5 examples on the tiny SD1.5 checkpoint; Flux, SD3.5 and Wan examples on tiny files of those families "
               "with seeded conditioning in place of their text encoders (none is small enough). The tiny models draw no "
@@ -136,7 +137,7 @@ def main() -> None:
     out = parser.parse_args().out.resolve()
     shutil.rmtree(out / "images", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    testbed = reconstruction_table()
+    testbed = mixture_rows()
     plot_inversion(testbed, out / "ddim_inversion_testbed.png")
     polaris_rows = polaris.reconstruction_rows(samples=32, steps=(10, 20))
     host = newest_host()

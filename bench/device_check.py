@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.cost import markdown_table  # noqa: E402
+from bench.cost import cost_table  # noqa: E402
 
 
 def gpu_precisions() -> tuple[str, list[str]]:
@@ -68,7 +68,7 @@ def report(device: str, results: dict[str, dict], out: Path) -> str:
         lines.append(f"| {precision} | {counts} | {tests['seconds']:.0f} s | {Path(tests['log']).name} |")
     for precision, result in results.items():
         lines += ["", f"## Cost, {precision}", "",
-                  markdown_table(result["cost"]) if result["cost"] else f"The bench failed: see {result['cost_log']}."]
+                  cost_table(result["cost"]) if result["cost"] else f"The bench failed: see {result['cost_log']}."]
     text = "\n".join(lines) + "\n"
     (out / "REPORT.md").write_text(text)
     return text

@@ -47,6 +47,7 @@ from samplers.inversion import ddim
 
 from .kit import Counted, markdown_table, schedule
 from .testbeds import digits, gmm
+from .testbeds.common import frechet_distance
 from .vrg import sliced_w2
 
 F64 = torch.float64
@@ -213,7 +214,7 @@ def digits_rows(scales: tuple[float, ...] = (1.5, 3.0, 5.0, 8.0, 12.0), samples:
                         else:
                             out = ddim(core.guided(pair, scale), x, sigmas, flow)
                     out = out.float()
-                    runs.setdefault(variant, []).append((digits.frechet_distance(digits.embed(classifier, out), real),
+                    runs.setdefault(variant, []).append((frechet_distance(digits.embed(classifier, out), real),
                                                          digits.label_accuracy(classifier, out, labels)))
             for variant, values in runs.items():
                 fd, accuracy = torch.tensor(values, dtype=F64).T

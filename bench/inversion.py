@@ -27,7 +27,7 @@ def invert_and_reconstruct(denoiser: core.Denoiser, x0: torch.Tensor, steps: int
     return ddim(denoiser_back or denoiser, ddim(denoiser, x0, up, flow, eval_at), down, flow)
 
 
-def reconstruction_table(samples: int = 256, seed: int = 0) -> list[dict]:
+def mixture_rows(samples: int = 256, seed: int = 0) -> list[dict]:
     """Mean reconstruction MSE (± std over samples) per parametrisation, evaluation convention and step count."""
     mixture = gmm.make_mixture(dim=16, n_classes=3, components_per_class=2, seed=seed)
     x0 = mixture.sample(samples, torch.Generator().manual_seed(seed + 1), cls=1)
