@@ -1,8 +1,10 @@
 """Build the example workflows of ``workflows/`` in ComfyUI's UI format from short Python descriptions.
 
 The graphs are written with the input order of a live server's ``/object_info``, so they load in the frontend and convert
-to the API format like a workflow saved by hand. Run ``python tools/workflows.py`` after changing a node's inputs, and
-``python tools/workflows.py --thumbnails [demo_out]`` after ``make demo`` for the template browser's pictures.
+to the API format like a workflow saved by hand, and laid out in columns compact enough that a frontend which fits a
+template to the window still draws the node text (``compact_columns``). Run ``python tools/workflows.py`` after
+changing a node's inputs, and ``python tools/workflows.py --thumbnails [demo_out]`` after ``make demo`` for the template
+browser's pictures.
 """
 
 from __future__ import annotations
@@ -19,15 +21,34 @@ from tools.comfy_host import MEDIA_UPLOADS, NOTE_TYPES, ComfyServer, widget_slot
 from tools.families import FAMILIES  # noqa: E402
 
 PLOT_HEIGHT = 230
-"""Pixels the live plots of web/js/plots.js add to a node, per plot output."""
-PREVIEW_HEIGHT = 300
-"""Pixels reserved below the widgets of a node that shows its images after a run (SaveImage, SaveAnimatedWEBP): the
-frontend draws the preview inside the node and grows a node shorter than its widgets + 220 px, over the node below;
-Load Image shows its picture likewise."""
+"""Pixels the live plots of web/js/plots.js add to a node, per plot output (220 each, and a margin)."""
+PREVIEW_HEIGHT = 224
+"""Pixels reserved below the widgets of a node that shows images (Load Image, and after a run Save Image, Save
+Animated WEBP): the frontend draws them in an image widget of at least 220 px (+4) and grows a shorter node over the
+node below it."""
 PREVIEW_NODES = {"LoadImage", "SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG"}
-NOTE_WIDTH = 420
+SLOT_ROW, WIDGET_ROW, BODY_MARGIN, TEXT_BOX = 20, 24, 14, 70
+"""How LiteGraph's ``computeSize`` (frontends 1.32.9 and 1.58.1) sizes a node's body: a row per input or output slot
+beside each other, a row per widget, a margin; a multiline text box is given ``TEXT_BOX`` so a prompt reads at a
+glance."""
+NODE_SLACK = 8
+"""Pixels added to each node beyond the frontend's own minimum, so a frontend that measures a little differently does
+not grow a node into the one below it."""
+NODE_WIDTH, NOTE_WIDTH, GAP_X, GAP_Y, TOP = 340, 420, 40, 16, 40
+"""Node and note widths and the gaps between columns and between a node and the title bar of the next one."""
+TITLE_HEIGHT, TITLE_CHARACTER, TITLE_MARGIN = 30, 7, 50
+"""LiteGraph's NODE_TITLE_HEIGHT (a node's title bar lies above its ``pos``), and the width a title needs: the frontend
+widens a node to its title (14 px sans-serif: under 7 px a character, and the title box and margins)."""
+FIT_VIEWPORTS, FIT_ZOOM, FIT_PADDING = ((1600, 1000), (1920, 950)), 0.75, 10
+"""Frontend 1.58.1 opens a template fitted to the window (``fitView``: ``ds.fitToBounds`` of the nodes' bounds, padded
+by 10, at 75 % of the canvas) whatever its saved view; the layout is chosen for the largest such scale on the canvas of
+the browser tests (1600×1000) and of a full-HD screen's browser window (1920×950), whichever is smaller."""
+TEXT_SCALE = 8 / 14
+"""Below this canvas scale LiteGraph draws no node text (``MinFontSizeForLOD`` 8 px over ``NODE_TEXT_SIZE`` 14 px, at a
+device pixel ratio of 1; in 1.32.9 and 1.58.1): every workflow's fitted scale must reach it, or it is not written."""
 VIEW = {"scale": 0.9, "offset": [100, 160]}
-"""The saved view (``extra.ds``): 90 % zoom, the graph's top left corner clear of the frontend's side bar and menu."""
+"""The saved view (``extra.ds``), which 1.32.9 restores: 90 % zoom, the graph's top left corner clear of the
+frontend's side bar and menu."""
 
 
 @dataclass(frozen=True)
@@ -52,14 +73,62 @@ class Node:
         return Out(self.id, slot)
 
 
-def node_height(node: dict) -> int:
-    """Pixels a serialised node needs: a row per input and widget, the live plots, the image preview of an output
-    node, a note's text (60 characters a line at its width of 420, 22 pixels a line, headings and gaps included)."""
-    if node["type"] in NOTE_TYPES:
+def node_height(node: dict, node_info: dict | None) -> int:
+    """Pixels a serialised node's body needs (below its title bar): a note's text (60 characters a line at its width of
+    420, 22 pixels a line, headings and gaps included); any other node as the frontend sizes it (``SLOT_ROW`` …), with
+    its image preview or live plots and ``NODE_SLACK``."""
+    if node_info is None:
         return 40 + 22 * sum(len(line) // 60 + 1 for line in node["widgets_values"][0].splitlines())
-    height = 60 + 26 * (len(node["inputs"]) + len(node["widgets_values"]))
+    widgets = [name for name in widget_slots(node_info) if name]
+    specs = {**node_info["input"].get("optional", {}), **node_info["input"].get("required", {})}
+    sockets = len(specs) - len(widgets)
+    texts = sum(specs[name][0] == "STRING" and len(specs[name]) > 1 and bool(specs[name][1].get("multiline"))
+                for name in widgets)
+    height = SLOT_ROW * max(sockets, len(node["outputs"]), 1) + WIDGET_ROW * len(node["widgets_values"])
+    height += (TEXT_BOX - WIDGET_ROW) * texts + BODY_MARGIN + NODE_SLACK
     height += PREVIEW_HEIGHT * (node["type"] in PREVIEW_NODES)
     return height + PLOT_HEIGHT * sum(out["type"] == "IMAGE" and "plot" in out["name"] for out in node["outputs"])
+
+
+def node_width(node: dict) -> int:
+    """Pixels a serialised node (not a note) is wide: ``NODE_WIDTH``, or what its title needs if that is more."""
+    return max(NODE_WIDTH, TITLE_CHARACTER * len(node.get("title", "")) + TITLE_MARGIN)
+
+
+def fitted_scale(width: float, height: float) -> float:
+    """The smallest scale at which frontend 1.58.1 shows a graph of these bounds on the ``FIT_VIEWPORTS`` canvases."""
+    padded = (width + 2 * FIT_PADDING, height + 2 * FIT_PADDING)
+    return min(FIT_ZOOM * min(canvas_width / padded[0], canvas_height / padded[1])
+               for canvas_width, canvas_height in FIT_VIEWPORTS)
+
+
+def stack(order: list[int], heights: dict[int, int], limit: int) -> list[list[int]]:
+    """``order`` cut into columns, each as tall as fits under ``limit`` (a node taller than that alone)."""
+    columns: list[list[int]] = [[]]
+    used = 0
+    for node_id in order:
+        need = TITLE_HEIGHT + heights[node_id] + GAP_Y
+        if columns[-1] and used + need > limit:
+            columns.append([])
+            used = 0
+        columns[-1].append(node_id)
+        used += need
+    return columns
+
+
+def column_bounds(columns: list[list[int]], heights: dict[int, int], widths: dict[int, int]) -> tuple[int, int]:
+    """Width and height of the nodes laid out in ``columns`` (title bars included, no trailing gaps)."""
+    width = sum(max(widths[i] for i in column) for column in columns) + GAP_X * (len(columns) - 1)
+    height = max(sum(TITLE_HEIGHT + heights[i] + GAP_Y for i in column) - GAP_Y for column in columns)
+    return width, height
+
+
+def compact_columns(orders: list[list[int]], heights: dict[int, int], widths: dict[int, int]) -> list[list[int]]:
+    """The cut of one of ``orders`` into columns that frontend 1.58.1 fits to the window at the largest scale."""
+    tallest, total = max(heights.values()), sum(TITLE_HEIGHT + h + GAP_Y for h in heights.values())
+    limits = range(tallest + TITLE_HEIGHT + GAP_Y, total + 10, 10)
+    cuts = (stack(order, heights, limit) for order in orders for limit in limits)
+    return max(cuts, key=lambda columns: fitted_scale(*column_bounds(columns, heights, widths)))
 
 
 def input_spec(node_info: dict, name: str) -> list:
@@ -114,11 +183,33 @@ class Graph:
         self.nodes.append(node)
         return node
 
-    def _columns(self) -> dict:
-        column: dict[int, int] = {}
+    def _depths(self) -> dict[int, int]:
+        """Each node's distance from the graph's sources: one more than its deepest input's."""
+        depth: dict[int, int] = {}
         for node in self.nodes:  # nodes are added after their inputs, so one pass suffices
-            column[node.id] = max((column[out.node] + 1 for _, out in node.links.values()), default=0)
-        return column
+            depth[node.id] = max((depth[out.node] + 1 for _, out in node.links.values()), default=0)
+        return depth
+
+    def _lay_out(self, serialised: dict[int, dict]) -> None:
+        """Sets each node's ``pos`` and ``size``: in a reading order (as added, or by depth then as added: either way
+        every input lies above or left of the node it feeds), cut into the columns that a fitted window shows largest
+        (``compact_columns``)."""
+        depth = self._depths()
+        orders = [sorted(serialised), sorted(serialised, key=lambda node_id: (depth[node_id], node_id))]
+        info = {i: None if node["type"] in NOTE_TYPES else self.info[node["type"]] for i, node in serialised.items()}
+        heights = {i: node_height(node, info[i]) for i, node in serialised.items()}
+        widths = {i: NOTE_WIDTH if info[i] is None else node_width(node) for i, node in serialised.items()}
+        columns = compact_columns(orders, heights, widths)
+        if (scale := fitted_scale(*column_bounds(columns, heights, widths))) < TEXT_SCALE:
+            raise ValueError(f"the graph opens fitted at {scale:.0%}, below {TEXT_SCALE:.0%} where node text is drawn: "
+                             "split the workflow or make its nodes smaller")
+        left = 0
+        for column in columns:
+            top = TOP
+            for node_id in column:
+                serialised[node_id].update(pos=[left, top + TITLE_HEIGHT], size=[widths[node_id], heights[node_id]])
+                top += TITLE_HEIGHT + heights[node_id] + GAP_Y
+            left += max(widths[node_id] for node_id in column) + GAP_X
 
     def to_ui(self) -> dict:
         links, link_id = [], 0
@@ -138,15 +229,7 @@ class Graph:
                 serialised[node.id]["inputs"].append({"name": name, "type": kind, "link": link_id})
                 serialised[out.node]["outputs"][out.slot]["links"].append(link_id)
                 links.append([link_id, out.node, out.slot, node.id, slot, kind])
-        tops: dict[int, int] = {}
-        for node_id, col in self._columns().items():
-            node = serialised[node_id]
-            height = node_height(node)
-            top = tops.get(col, 40)
-            tops[col] = top + max(height, 110) + 60
-            width = NOTE_WIDTH if node["type"] in NOTE_TYPES else 340
-            left = 40 + 380 * col + (NOTE_WIDTH - 340) * (col > 0)  # column 0 holds the note: wider
-            node.update(pos=[left, top], size=[width, max(height, 110)])
+        self._lay_out(serialised)
         return {"last_node_id": len(self.nodes), "last_link_id": link_id, "nodes": list(serialised.values()),
                 "links": links, "groups": [], "config": {}, "extra": {"ds": dict(VIEW)}, "version": 0.4}
 
@@ -291,7 +374,7 @@ def noise_estimator(g: Graph, model: Out, vae: Out, name: str, folder: str) -> N
     return trained
 
 
-SEARCH_TITLE = "Schedule search: every candidate's measured error at 20 steps"
+SEARCH_TITLE = "Schedule search: each candidate's error"
 
 
 def vrg_calibrate_and_sample(g: Graph) -> None:
@@ -460,16 +543,17 @@ def diffier_cfg_sweep(g: Graph) -> None:
     ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     positive, negative = prompts(g, ckpt[1], "a lighthouse on a cliff at sunset")
     latent = g.add("EmptyLatentImage", width=512, height=512, batch_size=1)
+    # the meter and its two plots first: they fill a column, and the four samplers with their saves the rest
+    meter = g.add("ErrorControlDiffIERGapMeter", model=ckpt[0], positive=positive[0], negative=negative[0],
+                  latent_image=latent[0], seed=7, steps=12, cfg=10.0, scheduler="normal", iterations=1, damping=1.0)
+    g.add("SaveImage", title="Gap per step: plain vs DiffIER", images=meter[1], filename_prefix="diffier/gap")
+    g.add("SaveImage", title="DiffIER cfg weight per step", images=meter[2], filename_prefix="diffier/weight")
     for cfg in (4.0, 10.0):
         for sampler in ("euler", "diffier"):
             sampled = g.add("KSampler", title=f"KSampler ({sampler}, cfg {cfg:g})", model=ckpt[0], positive=positive[0],
                             negative=negative[0], latent_image=latent[0], seed=7, steps=12, cfg=cfg, sampler_name=sampler,
                             scheduler="normal")
             decode_and_save(g, ckpt[2], sampled[0], f"diffier/cfg{cfg:g}_{sampler}", f"{sampler}, cfg {cfg:g}")
-    meter = g.add("ErrorControlDiffIERGapMeter", model=ckpt[0], positive=positive[0], negative=negative[0],
-                  latent_image=latent[0], seed=7, steps=12, cfg=10.0, scheduler="normal", iterations=1, damping=1.0)
-    g.add("SaveImage", title="Gap per step: plain vs DiffIER", images=meter[1], filename_prefix="diffier/gap")
-    g.add("SaveImage", title="DiffIER cfg weight per step", images=meter[2], filename_prefix="diffier/weight")
 
 
 SD15_FILES = model_files(CHECKPOINT)

@@ -28,6 +28,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 
 
+NODE_BOXES = """() => app.graph._nodes.map(n => ({id: n.id, type: n.type, title: n.title,
+    box: [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]}))"""
+"""Each node's bounding box on the canvas, its title bar included; a node that shows images has grown to hold them
+where it was too short (the frontend resizes it), so its size covers them."""
+
 PLOT_PIXELS = """() => app.graph._nodes.filter(n => n.errorControlPlot).map(n => {
     const c = n.errorControlPlot.canvas, d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
     let coloured = 0;
@@ -100,6 +105,38 @@ STAND_IN_CONDITIONING = """(plan) => {
 test conditioning node, wired to where the encoder's output went; the text-encoder loaders removed."""
 
 
+def intersect(a: list[float], b: list[float]) -> bool:
+    """Whether two boxes ``[left, top, right, bottom]`` share any area."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def overlapping(boxes: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of nodes whose boxes intersect."""
+    return [(a["title"], b["title"]) for i, a in enumerate(boxes) for b in boxes[i + 1:] if intersect(a["box"], b["box"])]
+
+
+IMAGE_NODES = {"LoadImage", "SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG"}
+"""Nodes that draw images inside themselves: Load Image its picture, the others their results after a run."""
+
+PREVIEWS = """(types) => app.graph._nodes.filter(n => types.includes(n.type)).map(n => {
+    const w = n.widgets?.find(w => ["$$canvas-image-preview", "$$comfy_animation_preview"].includes(w.name));
+    const loaded = (n.imgs ?? []).filter(i => i.complete && i.naturalWidth > 0).length;
+    return {id: n.id, type: n.type, title: n.title, shown: loaded > 0 && loaded === n.imgs.length && w?.computedHeight > 0,
+            box: [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + n.size[1]],
+            preview: w && [n.pos[0], n.pos[1] + w.y, n.pos[0] + n.size[0], n.pos[1] + w.y + (w.computedHeight ?? 0)]};
+})"""
+"""Each node of ``types`` that draws images: whether they are loaded and laid out (the image widget the frontend adds
+to a node with images, arranged: the node has grown to hold it where it was too short), its box after that, and the
+area the widget draws them in (``y`` and ``computedHeight`` of the widget, from the node's top left corner)."""
+
+
+def covered_by_previews(previews: list[dict], boxes: list[dict]) -> list[tuple[str, str]]:
+    """Pairs (node showing images, other node) where the first node's box, grown for its images, or the area its
+    images are drawn in intersects the other node."""
+    return [(shown["title"], other["title"]) for shown in previews for other in boxes if other["id"] != shown["id"]
+            and any(intersect(area, other["box"]) for area in (shown["box"], shown["preview"]))]
+
+
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_loads_without_missing_nodes_and_runs_from_the_ui(page, comfy, workflow):
     started = time.monotonic()
@@ -142,6 +179,13 @@ def test_workflow_loads_without_missing_nodes_and_runs_from_the_ui(page, comfy, 
     assert sorted(plot["type"] for plot in page.evaluate(PLOT_PIXELS)) == expected
     for plot in page.evaluate(PLOT_PIXELS):
         assert plot["coloured"] > 200, plot  # the series lines are drawn (the frame and text are grey)
+    showing = [node["type"] for node in saved["nodes"] if node["type"] in IMAGE_NODES]
+    types = sorted(IMAGE_NODES)
+    page.wait_for_function(f"([types, n]) => ({PREVIEWS})(types).filter(p => p.shown).length === n",
+                           arg=[types, len(showing)], timeout=30_000)
+    previews = page.evaluate(PREVIEWS, types)
+    assert sorted(p["type"] for p in previews) == sorted(showing)
+    assert covered_by_previews(previews, page.evaluate(NODE_BOXES)) == []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{workflow.stem}.png"))
     assert page.errors == []
@@ -150,18 +194,28 @@ def test_workflow_loads_without_missing_nodes_and_runs_from_the_ui(page, comfy, 
 PACK = "error-control-samplers"
 THUMBNAIL_PIXELS = 512  # tools/workflows.py, THUMBNAIL
 SAVED_SCALE = 0.9  # tools/workflows.py, VIEW
+TEXT_SCALE = 8 / 14  # tools/workflows.py, TEXT_SCALE: the default threshold at a device pixel ratio of 1
+TEXTLESS_SCALE = 0.2
+"""A canvas scale far below ``TEXT_SCALE``, set before a template opens so that only the loader's view can lift it."""
+TEXT_THRESHOLD = """() => app.extensionManager.setting.get("LiteGraph.Canvas.MinFontSizeForLOD")
+    / (LiteGraph.NODE_TEXT_SIZE * Math.sqrt(window.devicePixelRatio))"""
+"""The canvas scale below which LiteGraph draws nodes without their text (its ``updateLowQualityThreshold``, in
+frontends 1.32.9 and 1.58.1: the minimum font size for detail over the node text size, both in screen pixels)."""
+IN_VIEW = """((a) => n.box[0] >= a[0] && n.box[1] >= a[1] && n.box[2] <= a[0] + a[2] && n.box[3] <= a[1] + a[3])
+    (app.canvas.visible_area)"""
+"""Whether node box ``n`` lies inside the canvas's visible area (``[left, top, width, height]`` in graph units)."""
 
-NODE_BOXES = """() => app.graph._nodes.map(n => ({id: n.id, type: n.type, title: n.title,
-    box: [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]}))"""
-"""Each node's bounding box on the canvas, its title bar included; a node that shows images after a run has grown to
-hold them (the frontend resizes it), so its size covers the preview."""
 
-
-def overlapping(boxes: list[dict]) -> list[tuple[str, str]]:
-    """Pairs of nodes whose boxes intersect."""
-    return [(a["title"], b["title"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
-            if a["box"][0] < b["box"][2] and b["box"][0] < a["box"][2] and a["box"][1] < b["box"][3]
-            and b["box"][1] < a["box"][3]]
+def wait_until_text_is_drawn(page) -> None:
+    """Wait until the canvas is zoomed where LiteGraph draws node text (at or above the default threshold)."""
+    threshold = page.evaluate(TEXT_THRESHOLD)
+    assert threshold == pytest.approx(TEXT_SCALE)
+    try:
+        page.wait_for_function("(t) => app.canvas.ds.scale >= t && !app.canvas.low_quality", arg=threshold,
+                               timeout=30_000)
+    except playwright.TimeoutError:
+        scale = page.evaluate("() => app.canvas.ds.scale")
+        pytest.fail(f"the workflow opened at {scale:.0%}; node text is drawn from {threshold:.0%}")
 
 
 def open_pack_templates(page) -> None:
@@ -176,8 +230,9 @@ def open_pack_templates(page) -> None:
 def test_the_template_browser_shows_the_workflow_readably_and_it_opens_with_its_note(page, comfy, workflow):
     """The card a user sees: the file name as the title (the only title a pack's template has), the description
     where the frontend shows one on the card (the file name with '-' and '_' as spaces), the thumbnail loaded at its
-    full 512 px; clicked, the workflow opens with its note, no two nodes overlapping, at the saved 90 % where the
-    frontend restores a workflow's view (1.58.1 fits a template to the window instead)."""
+    full 512 px; clicked, the workflow opens with its note, no two nodes overlapping, zoomed where node text is
+    drawn: at the saved 90 % where the frontend restores a workflow's view (1.32.9), fitted to the window with every
+    node in view where it fits a template instead (1.58.1)."""
     saved = json.loads(workflow.read_text())
     open_pack_templates(page)
     card = page.get_by_test_id(f"template-workflow-{workflow.stem}")
@@ -187,6 +242,7 @@ def test_the_template_browser_shows_the_workflow_readably_and_it_opens_with_its_
     if version.startswith("1.32."):  # the card shows the description; 1.58.1 shows it only in a detail view
         expect(card).to_contain_text(" ".join(workflow.stem.replace("-", " ").replace("_", " ").split()))
     expect(card.locator("img").first).to_have_js_property("naturalWidth", THUMBNAIL_PIXELS)
+    page.evaluate("(scale) => { app.canvas.ds.scale = scale; }", TEXTLESS_SCALE)  # what the loader must change
     card.click()
     page.wait_for_function("(n) => app.graph._nodes.length === n",
                            arg=len(saved["nodes"]), timeout=30_000)
@@ -208,8 +264,11 @@ def test_the_template_browser_shows_the_workflow_readably_and_it_opens_with_its_
     assert page.evaluate("() => app.graph._nodes.filter(n => n.type === 'MarkdownNote').map(n => n.widgets[0].value)"
                          ) == note["widgets_values"]
     assert overlapping(page.evaluate(NODE_BOXES)) == []
-    if not version.startswith("1.58."):
-        expect(page.get_by_text(heading)).to_be_visible()
+    wait_until_text_is_drawn(page)
+    expect(page.get_by_text(heading)).to_be_visible()
+    if version.startswith("1.58."):  # fitted to the window: every node in view
+        page.wait_for_function(f"() => ({NODE_BOXES})().every(n => {IN_VIEW})", timeout=30_000)
+    else:
         assert page.evaluate("() => app.canvas.ds.scale") == pytest.approx(SAVED_SCALE)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"template_{workflow.stem}_{version}.png"))
