@@ -1,5 +1,6 @@
-"""bench/testbed4.py: equal NFE of the compared recipes, the base schedules, the headline's verdicts, and a smoke run of
-every table and the pictures on fresh (untrained or few-step) tiny networks, so the file runs in seconds."""
+"""bench/testbed4.py: equal NFE of the compared recipes, DiffIER stacked on a peer (``composed_pair``), the base
+schedules, the headline's verdicts, and a smoke run of every table and the pictures on fresh (untrained or few-step)
+tiny networks, so the file runs in seconds."""
 
 import math
 
