@@ -28,10 +28,9 @@ from tools.comfy_host import (  # noqa: E402
     Host,
     family_links,
     newest_host,
-    tiny_api_graph,
-    why_host_cannot_run,
     write_example_image,
 )
+from tools.ui_to_api import tiny_api_graph, why_host_cannot_run  # noqa: E402
 
 
 def psnr(a: Path, b: Path) -> float:

@@ -17,8 +17,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tools.comfy_host import MEDIA_UPLOADS, NOTE_TYPES, ComfyServer, widget_slots  # noqa: E402
+from tools.comfy_host import ComfyServer  # noqa: E402
 from tools.families import FAMILIES  # noqa: E402
+from tools.ui_to_api import MEDIA_UPLOADS, NOTE_TYPES, widget_slots  # noqa: E402
 
 PLOT_HEIGHT = 230
 """Pixels the live plots of web/js/plots.js add to a node, per plot output (220 each, and a margin)."""
@@ -136,7 +137,7 @@ def input_spec(node_info: dict, name: str) -> list:
 
 
 def widgets_values(node_info: dict, values: dict) -> list:
-    """A node's ``widgets_values`` in the frontend's order (``comfy_host.widget_slots``) from the values given by name.
+    """A node's ``widgets_values`` in the frontend's order (``ui_to_api.widget_slots``) from the values given by name.
 
     Unnamed inputs take their default (a combo its first option); a seed's control widget is saved as ``"fixed"``, a
     combo's control and filter as ``"fixed", ""``, an upload button as ``"image"``.

@@ -16,7 +16,8 @@ from tools.api_graphs import (
     txt2img,
     with_encoded_image,
 )
-from tools.comfy_host import TINY_OVERRIDES, sampler_names, ui_to_api
+from tools.comfy_host import sampler_names
+from tools.ui_to_api import TINY_OVERRIDES, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "workflows" / "DiffIER - euler vs DiffIER at cfg 4 and 10 (SD1.5).json"

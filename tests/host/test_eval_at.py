@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.comfy_host import PromptRejected, tiny_api_graph
+from tools.comfy_host import PromptRejected
+from tools.ui_to_api import tiny_api_graph
 
 LEGACY = Path(__file__).resolve().parent / "legacy_workflows"
 CASES = [("ddim_inversion_reconstruct.json", "ErrorControlDDIMInversionSampler",

@@ -27,7 +27,8 @@ import pytest
 import requests
 
 from tests.host.test_pack import PACK_NODES
-from tools.comfy_host import EXAMPLE_IMAGE, PACK_NAME, ComfyServer, hosts_to_test, tiny_api_graph, write_example_image
+from tools.comfy_host import EXAMPLE_IMAGE, PACK_NAME, ComfyServer, hosts_to_test, write_example_image
+from tools.ui_to_api import tiny_api_graph
 
 REPO = Path(__file__).resolve().parents[2]
 COMFY_CLI = REPO / ".venv-cli" / "bin" / "comfy"

@@ -21,7 +21,8 @@ from tools.api_graphs import (
     with_encoded_image,
     with_input,
 )
-from tools.comfy_host import TINY_OVERRIDES, PromptFailed, PromptRejected, ui_to_api
+from tools.comfy_host import PromptFailed, PromptRejected
+from tools.ui_to_api import TINY_OVERRIDES, ui_to_api
 
 WORKFLOW = (Path(__file__).resolve().parents[2] / "workflows"
             / "Noise Awareness Guidance - plain vs guided, with its estimator (SD1.5).json")

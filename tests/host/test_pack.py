@@ -17,7 +17,8 @@ from tools.api_graphs import (
     save_latents,
     txt2img,
 )
-from tools.comfy_host import NOTE_TYPES, PromptFailed, tiny_api_graph, why_host_cannot_run
+from tools.comfy_host import PromptFailed
+from tools.ui_to_api import NOTE_TYPES, tiny_api_graph, why_host_cannot_run
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from tools.api_graphs import CHECKPOINT_NAME, txt2img, with_input
-from tools.comfy_host import LINK_KEYS, TINY_OVERRIDES, PromptFailed, PromptRejected, sampler_names, ui_to_api
+from tools.comfy_host import PromptFailed, PromptRejected, sampler_names
+from tools.ui_to_api import LINK_KEYS, TINY_OVERRIDES, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 

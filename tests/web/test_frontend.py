@@ -10,16 +10,8 @@ import requests
 from playwright import sync_api as playwright
 from playwright.sync_api import expect
 
-from tools.comfy_host import (
-    CACHE,
-    CHECKPOINT_NAME,
-    NOTE_TYPES,
-    conditioning_stand_ins,
-    tiny_api_graph,
-    tiny_overrides,
-    ui_to_api,
-    why_host_cannot_run,
-)
+from tools.comfy_host import CACHE, CHECKPOINT_NAME
+from tools.ui_to_api import NOTE_TYPES, conditioning_stand_ins, tiny_api_graph, tiny_overrides, ui_to_api, why_host_cannot_run
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -149,7 +141,7 @@ def test_workflow_loads_without_missing_nodes_and_runs_from_the_ui(page, comfy, 
     if reason := why_host_cannot_run(saved, comfy.host):
         pytest.skip(reason)
     # No tiny text encoder exists for Flux, SD3.5 or Wan: their prompts become seeded test conditioning, as in the API
-    # tests (tools/comfy_host.py, conditioning_stand_ins).
+    # tests (tools/ui_to_api.py, conditioning_stand_ins).
     if stand_ins := conditioning_stand_ins(saved):
         page.evaluate(STAND_IN_CONDITIONING, stand_ins)
     # The examples name users' model files and 512 px; the test server has tiny files (tiny_overrides).
