@@ -33,6 +33,7 @@ from tools.comfy_host import (  # noqa: E402
     newest_host,
     write_example_image,
 )
+from tools.frontend import CHROMIUM, CHROMIUM_ARGS, TEXT_THRESHOLD, TEXTLESS_SCALE  # noqa: E402
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -48,17 +49,9 @@ SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.VueNodes.Enabled": False, "C
             "Comfy.Graph.CanvasInfo": False}
 """A returning user's frontend (no first-visit template browser, the classic canvas), without the minimap and the
 frame counters that would cover the graph."""
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 MAX_BYTES = 400_000
 """Largest PNG written: a screenshot above it is reduced to a 256-colour palette (the frontend's flat colours)."""
 TIMEOUT_MS = 60_000
-TEXTLESS_SCALE = 0.2
-"""A canvas scale far below where text is drawn, set before a template opens so that only the loader's view lifts it."""
-TEXT_THRESHOLD = """() => app.extensionManager.setting.get("LiteGraph.Canvas.MinFontSizeForLOD")
-    / (LiteGraph.NODE_TEXT_SIZE * Math.sqrt(window.devicePixelRatio))"""
-"""The canvas scale below which LiteGraph draws nodes without text (frontends 1.32.9 and 1.58.1)."""
 VIEW_SETTLED = """(threshold) => {
     const view = JSON.stringify([app.canvas.ds.scale, ...app.canvas.ds.offset]);
     const settled = view === window.__screenshotView && app.canvas.ds.scale >= threshold && !app.canvas.low_quality;

@@ -11,13 +11,12 @@ from playwright import sync_api as playwright
 from playwright.sync_api import expect
 
 from tools.comfy_host import CACHE, CHECKPOINT_NAME
+from tools.frontend import CHROMIUM, CHROMIUM_ARGS, TEXT_THRESHOLD, TEXTLESS_SCALE
 from tools.ui_to_api import NOTE_TYPES, conditioning_stand_ins, tiny_api_graph, tiny_overrides, ui_to_api, why_host_cannot_run
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 SCREENSHOTS = CACHE / "test_out" / "web"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 NODE_BOXES = """() => app.graph._nodes.map(n => ({id: n.id, type: n.type, title: n.title,
@@ -39,7 +38,7 @@ PLOT_PIXELS = """() => app.graph._nodes.filter(n => n.errorControlPlot).map(n =>
 def chromium():
     """One Playwright driver and headless Debian Chromium for the session (the sync API allows one driver at a time)."""
     with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
@@ -187,12 +186,6 @@ PACK = "error-control-samplers"
 THUMBNAIL_PIXELS = 512  # tools/workflows.py, THUMBNAIL
 SAVED_SCALE = 0.9  # tools/workflows.py, VIEW
 TEXT_SCALE = 8 / 14  # tools/workflows.py, TEXT_SCALE: the default threshold at a device pixel ratio of 1
-TEXTLESS_SCALE = 0.2
-"""A canvas scale far below ``TEXT_SCALE``, set before a template opens so that only the loader's view can lift it."""
-TEXT_THRESHOLD = """() => app.extensionManager.setting.get("LiteGraph.Canvas.MinFontSizeForLOD")
-    / (LiteGraph.NODE_TEXT_SIZE * Math.sqrt(window.devicePixelRatio))"""
-"""The canvas scale below which LiteGraph draws nodes without their text (its ``updateLowQualityThreshold``, in
-frontends 1.32.9 and 1.58.1: the minimum font size for detail over the node text size, both in screen pixels)."""
 IN_VIEW = """((a) => n.box[0] >= a[0] && n.box[1] >= a[1] && n.box[2] <= a[0] + a[2] && n.box[3] <= a[1] + a[3])
     (app.canvas.visible_area)"""
 """Whether node box ``n`` lies inside the canvas's visible area (``[left, top, width, height]`` in graph units)."""
