@@ -1,9 +1,10 @@
 """VRG Calibrate's schedule search in the real host, on the tiny SD1.5 checkpoint and on every family file: it runs,
 its choice per step count is stored with the profile, reloaded, and handed out by the 'vrg' dropdown entry (no other
 schedule: the KSampler's result equals sampling the stored SIGMAS); a step count never searched falls back with a log
-line; a bad step list, a damaged file and a foreign file get clear errors."""
+line; a bad step list, a damaged file and a foreign file get clear errors; an interrupt stops a running search."""
 
 import json
+import time
 
 import pytest
 from safetensors import safe_open
@@ -11,7 +12,8 @@ from safetensors.torch import save_file
 
 from samplers.vrg import ErrorProfile
 from tests.host.test_families import cfg_of, conds, family, family_graph, model  # noqa: F401 (family: a fixture)
-from tools.api_graphs import api_node, base_graph, ksampler, save_latents
+from tests.host.test_reliability import run_and_interrupt
+from tools.api_graphs import api_node, base_graph, ksampler, save_latents, txt2img
 from tools.comfy_host import PromptFailed
 from tools.families import FAMILIES
 
@@ -96,3 +98,23 @@ def test_a_damaged_or_foreign_file_is_refused(comfy):
     save_file({"weights": tensors["sigmas"]}, str(folder / "foreign.safetensors"))
     with pytest.raises(PromptFailed, match="is a safetensors file but not a VRG error profile"):
         comfy.run(load_graph("foreign.safetensors"))
+
+
+def test_an_interrupt_stops_a_running_search_and_leaves_no_file(comfy):
+    """A calibration alone is timed first; the search (300 steps, a bank of 16: minutes on the tiny model) is interrupted
+    at twice that plus 2 s, inside the search (the host's layers and the search's progress callback both check for an
+    interrupt): it ends within moments, no profile is written and the server answers the next prompt."""
+    folder = comfy.base_dir / "models" / "vrg_profiles"
+    graph = {**sd15_graph(), "calibrate": api_node("ErrorControlVRGCalibrate", model=["ckpt", 0], latent=["latent", 0],
+                                                   positive=["pos", 0], cfg=1.0, grid_points=8, seed=0,
+                                                   profile_name="search_timing", sampler_name="euler"),
+             "plot": api_node("PreviewImage", images=["calibrate", 4])}
+    began = time.monotonic()
+    comfy.run(graph)
+    calibration = time.monotonic() - began
+    graph["calibrate"]["inputs"].update(profile_name="search_interrupted", search_steps="300", search_bank=16)
+    before = {p.name for p in folder.iterdir()}
+    seconds = run_and_interrupt(comfy, graph, after=2 * calibration + 2)
+    assert seconds < 10, seconds
+    assert {p.name for p in folder.iterdir()} == before
+    assert comfy.output_images(comfy.run(txt2img(steps=1, prefix="after_search_interrupt")))
