@@ -48,7 +48,6 @@ from samplers.vrg import ErrorProfile, cumulative_error, measure_error_profile, 
 from . import peers
 from .inversion import invert_and_reconstruct, levels
 from .kit import Counted, karras, markdown_table, schedule
-from .nag import window
 from .testbeds import gmm, patches
 from .testbeds.common import CACHE_DIR, frechet_distance, psnr
 from .vrg import profile_grid, reference_schedule
@@ -84,7 +83,7 @@ class Setting:
     noise_scales: tuple[float, ...] = (1.0, 3.0)
     noise_strengths: tuple[float, ...] = (0.1, 1.0)
     noise_steps: int = 10
-    kappa: float = -0.2
+    kappas: tuple[float, ...] = (-0.1, -0.2, -0.3)
     estimator_iterations: int = 1500
     fine_steps: int = 100
     denoiser_options: tuple[tuple[str, object], ...] = ()
@@ -470,13 +469,14 @@ def noise_estimator(testbed: Testbed, flow: bool) -> NoiseEstimator:
 
 def noise_guidance_rows(testbed: Testbed) -> list[dict]:
     """Per twin, model (itself; reading σ as (1+κ)σ, ``gmm.miscalibrated``) and cfg: plain sampling and Noise Awareness
-    Guidance in mode ``estimator`` at each strength (window: ``bench.nag.window``), Euler at ``noise_steps`` from the
-    same noise; RMS error to the fine solve of the exact model, and its ratio to plain on the same seed."""
+    Guidance in mode ``estimator`` at each strength (at every level its cap allows, ``samplers.nag.LEVEL_CAP``), Euler at
+    ``noise_steps`` from the same noise; RMS error to the fine solve of the exact model, and its ratio to plain on the
+    same seed."""
     s, tally = testbed.setting, Tally()
     labels = patches.balanced_labels(s.samples)
     for flow in (False, True):
         estimator, model = noise_estimator(testbed, flow), testbed.models[flow]
-        kappas = {"model": 0.0, f"reads σ as {1 + s.kappa:g}σ": s.kappa}
+        kappas = {"model": 0.0} | {f"reads σ as {1 + kappa:g}σ": kappa for kappa in s.kappas}
         for seed in s.seeds:
             start = start_state(patches.initial_noise(s.samples, seed), schedule(1, flow)[0], flow)
             for scale in s.noise_scales:
@@ -486,7 +486,7 @@ def noise_guidance_rows(testbed: Testbed) -> list[dict]:
                     pair, cond = (gmm.miscalibrated(d, kappa, flow) if kappa else d for d in (pair_at(m, scale), m.cond))
                     variants = {"plain": ("baseline", core.guided(pair, scale))} | {
                         f"estimator w {w:g}": ("ours", nag_guided(pair, cond, scale, w, mode="estimator",
-                                                                 estimator=estimator, flow=flow, window=window(flow)))
+                                                                 estimator=estimator, flow=flow))
                         for w in s.noise_strengths}
                     errors = {}
                     for name, (role, denoiser) in variants.items():
