@@ -115,7 +115,7 @@ def estimate_sigma(x: Tensor, denoised: Tensor, sigma: Tensor, profile: ErrorPro
 def capped_window(window: tuple[float, float] | None, flow: bool) -> tuple[float, float]:
     """``window`` (None: every level) with its top lowered to :data:`LEVEL_CAP`, in the model's parametrisation."""
     low, high = (0.0, math.inf) if window is None else window
-    return low, min(high, LEVEL_CAP / (1.0 + LEVEL_CAP) if flow else LEVEL_CAP)
+    return low, min(high, model_sigma(LEVEL_CAP, flow))
 
 
 def in_window(sigma: Tensor, window: tuple[float, float] | None, flow: bool = False) -> bool:
