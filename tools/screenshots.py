@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import requests
-
 if __package__ in (None, ""):  # run as a script: the repository on the path
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 from tools.comfy_host import (  # noqa: E402
@@ -33,7 +31,7 @@ from tools.comfy_host import (  # noqa: E402
     newest_host,
     write_example_image,
 )
-from tools.frontend import CHROMIUM, CHROMIUM_ARGS, TEXT_THRESHOLD, TEXTLESS_SCALE  # noqa: E402
+from tools.frontend import CHROMIUM, CHROMIUM_ARGS, TEXT_THRESHOLD, TEXTLESS_SCALE, store_settings  # noqa: E402
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -161,8 +159,7 @@ def take_screenshots(out: Path) -> None:
     links = model_links(list(SHOTS.values()))
     with ComfyServer(base_dir, REPO, host=host, links=links) as comfy, sync_playwright() as driver:
         print(f"{host.id} on {comfy.url}", flush=True)
-        for name, value in SETTINGS.items():
-            requests.post(f"{comfy.url}/settings/{name}", json=value, timeout=10).raise_for_status()
+        store_settings(comfy.url, SETTINGS)
         browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             for slug, template in SHOTS.items():

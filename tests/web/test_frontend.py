@@ -6,12 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from playwright import sync_api as playwright
 from playwright.sync_api import expect
 
 from tools.comfy_host import CACHE, CHECKPOINT_NAME
-from tools.frontend import CHROMIUM, CHROMIUM_ARGS, TEXT_THRESHOLD, TEXTLESS_SCALE
+from tools.frontend import CHROMIUM, CHROMIUM_ARGS, TEXT_THRESHOLD, TEXTLESS_SCALE, store_settings
 from tools.ui_to_api import NOTE_TYPES, conditioning_stand_ins, tiny_api_graph, tiny_overrides, ui_to_api, why_host_cannot_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,8 +46,7 @@ def chromium():
 def browser_page(chromium, comfy, settings: dict):
     """The frontend in a fresh browser context, loaded with ``settings`` stored on the server first; page errors
     collected in ``page.errors``."""
-    for name, value in settings.items():
-        requests.post(f"{comfy.url}/settings/{name}", json=value, timeout=10).raise_for_status()
+    store_settings(comfy.url, settings)
     context = chromium.new_context(viewport={"width": 1600, "height": 1000})
     page = context.new_page()
     errors: list[str] = []
@@ -336,4 +334,4 @@ def test_expert_inputs_fold_away_and_the_search_finds_nodes_by_alias(chromium, c
             page.screenshot(path=str(SCREENSHOTS / f"search_alias_{comfy.host.id}.png"))
             assert page.errors == []
     finally:
-        requests.post(f"{comfy.url}/settings/Comfy.VueNodes.Enabled", json=False, timeout=10).raise_for_status()
+        store_settings(comfy.url, {"Comfy.VueNodes.Enabled": False})
